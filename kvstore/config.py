@@ -23,6 +23,7 @@ class NodeConfig:
     grpc_port: int = 0
     metrics_port: int = 0
     socket: str = ""  # default DIR/<name>/kv.sock
+    initial: bool = True  # a voter from the start; false for a node that joins with `cluster add-node`
 
     @property
     def grpc_address(self) -> str:

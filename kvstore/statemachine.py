@@ -163,3 +163,26 @@ def apply(view: WriteView, cmd: Command) -> tuple[Result, list[tuple[bytes, byte
     for k, v in cmd.pairs:
         view.put(k, v)
     return None, list(dict(cmd.pairs).items())
+
+
+_U64 = struct.Struct(">Q")
+
+
+def encode_result(res: Result) -> bytes:
+    """Results travel from the leader to a follower that forwarded the write."""
+    if isinstance(res, SetResult):
+        return b"S" + bytes((int(res.applied), int(res.old is not None))) + (res.old or b"")
+    if isinstance(res, int):
+        return b"I" + _U64.pack(res)
+    return b"N"
+
+
+def decode_result(data: bytes) -> Result:
+    tag = data[:1]
+    if tag == b"S" and len(data) >= 3:
+        return SetResult(bool(data[1]), bytes(data[3:]) if data[2] else None)
+    if tag == b"I" and len(data) == 9:
+        return int(_U64.unpack_from(data, 1)[0])
+    if tag == b"N":
+        return None
+    raise ValueError("malformed command result")

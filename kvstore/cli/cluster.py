@@ -1,0 +1,123 @@
+"""`kvstore cluster ...`: start, stop and look at the local cluster in --dir."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from kvstore.cluster import manage, procs
+from kvstore.errors import UsageError
+
+console = Console()
+
+
+def render_status(st: dict[str, Any]) -> Table:
+    t = Table(title=f"cluster {st.get('cluster_id', '')[:8]}  leader: {st['leader'] or '-'}", title_justify="left")
+    for col in ("node", "pid", "role", "term", "commit", "applied", "socket", "grpc"):
+        t.add_column(col, no_wrap=col not in ("socket",))
+    for r in st["nodes"]:
+        role = r["role"] + (" (paused)" if r.get("paused") else "")
+        style = {"leader": "bold green", "down": "red", "starting": "yellow"}.get(r["role"], "")
+        t.add_row(r["name"], str(r["pid"] or "-"), f"[{style}]{role}[/]" if style else role,
+                  _s(r["term"]), _s(r["commit_index"]), _s(r["applied_index"]), r["socket"], r["grpc"])
+    return t
+
+
+def _s(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+@click.group(help="Start, stop and inspect the local cluster in --dir.")
+def cluster() -> None:
+    pass
+
+
+@cluster.command()
+@click.option("--nodes", default=3, show_default=True, help="How many nodes (a new cluster only).")
+@click.option("--config", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A cluster TOML to start from (see cluster/local.toml); ports 0 get free ports.")
+@click.option("--timeout", default=20.0, show_default=True, help="Seconds to wait for a leader.")
+@click.pass_obj
+def up(obj: dict[str, Any], nodes: int, config: Path | None, timeout: float) -> None:
+    """Start the cluster's nodes in the background and wait for a leader.
+
+    The first run creates DIR/cluster.toml (a fresh cluster id, free ports); later runs
+    start whichever nodes are not running. Logs: DIR/<node>/node.log.
+    """
+    d = obj["dir"]
+    if manage.config_path(d).exists() and config is not None:
+        raise UsageError(f"a cluster already exists in {d}; --config applies only to a new one")
+    with console.status("starting nodes and waiting for a leader..."):
+        st, started = manage.up(d, nodes, config, timeout)
+    if not started:
+        console.print(f"cluster in {d} is already up")
+    else:
+        console.print(f"started {', '.join(started)}; leader: [bold]{st['leader']}[/]")
+    console.print(render_status(st))
+    console.print(f"stop it with: kvstore --dir {d} cluster down")
+
+
+@cluster.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (see the contract).")
+@click.pass_obj
+def status(obj: dict[str, Any], as_json: bool) -> None:
+    """One row per node, each from the node's own view (a dead node shows 'down')."""
+    st = manage.status(obj["dir"])
+    if as_json:
+        click.echo(json.dumps(st))
+    else:
+        console.print(render_status(st))
+
+
+@cluster.command()
+@click.option("--grace", default=5.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+@click.pass_obj
+def down(obj: dict[str, Any], grace: float) -> None:
+    """Stop every node: SIGTERM, then SIGKILL after the grace period. Data stays in --dir."""
+    stopped = manage.down(obj["dir"], grace)
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "no node was running")
+
+
+def _node_cmd(name: str, help_text: str) -> Any:
+    @cluster.command(name, help=help_text)
+    @click.argument("node")
+    @click.pass_obj
+    def cmd(obj: dict[str, Any], node: str) -> None:
+        d = obj["dir"]
+        cfg = manage.load(d)
+        cfg.node(node)
+        pid = procs.live_pid(d, node)
+        if name == "start":
+            if pid is not None:
+                console.print(f"{node} is already running (pid {pid})")
+                return
+            procs.cleanup_node(d, node, cfg)
+            pid = procs.spawn(d, manage.config_path(d), node)
+            console.print(f"started {node} (pid {pid})")
+            return
+        if pid is None:
+            raise UsageError(f"{node} is not running")
+        if name == "stop":
+            procs.stop_node(d, node)
+        elif name == "kill":
+            procs.stop_node(d, node, force=True)
+        elif name == "pause":
+            procs.signal_node(pid, signal.SIGSTOP)
+        elif name == "resume":
+            procs.signal_node(pid, signal.SIGCONT)
+        console.print(f"{name}: {node} (pid {pid})")
+
+    return cmd
+
+
+_node_cmd("start", "Start one node of the cluster.")
+_node_cmd("stop", "Stop one node gracefully (SIGTERM; a leader hands over first).")
+_node_cmd("kill", "Kill one node with SIGKILL (a crash).")
+_node_cmd("pause", "Freeze one node with SIGSTOP.")
+_node_cmd("resume", "Thaw a paused node with SIGCONT.")

@@ -1,0 +1,1 @@
+"""Operating a cluster: its definition under --dir, node processes, status."""

@@ -1,0 +1,493 @@
+"""A node: the Raft core driven on one asyncio loop, with its storage, cache and servers.
+
+Data flows one way. A write enters at the socket or over gRPC, becomes a proposal (on
+the leader) or is forwarded to the leader, is replicated, committed, applied to LMDB
+and the shared-memory cache, and only then answered. Everything that touches the core
+runs on the loop thread, so the core needs no locks. One `Ready` at a time: persist
+(one fsync for all its entries: group commit), send, apply, advance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from kvstore import statemachine as sm
+from kvstore.cache import ShmCache
+from kvstore.config import ClusterConfig, NodeConfig
+from kvstore.errors import KVError, LimitExceeded, TryAgain, Unknown, WrongCluster
+from kvstore.local.server import Limits, RespServer
+from kvstore.raft import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Config,
+    Entry,
+    EntryType,
+    NotLeader,
+    ProposalDropped,
+    RaftCore,
+    Ready,
+)
+from kvstore.rpc import convert
+from kvstore.rpc.pb import raft_pb2 as pb
+from kvstore.rpc.pb import raft_pb2_grpc as pbg
+from kvstore.readindex import ReadBarrier
+from kvstore.rpc.server import start_grpc_server
+from kvstore.rpc.services import NOT_APPLIED
+from kvstore.rpc.transport import Transport, make_channel
+from kvstore.storage import Store
+
+log = logging.getLogger("kvstore.node")
+
+
+def node_home(data_dir: Path, name: str) -> Path:
+    return data_dir / name
+
+
+class Node:
+    """One member of a cluster; also the `Backend` of its RESP server."""
+
+    def __init__(self, cfg: ClusterConfig, name: str, data_dir: Path) -> None:
+        if not cfg.id:
+            raise WrongCluster(f"{cfg.path or 'the cluster config'} has no cluster id; "
+                               "`kvstore cluster up` writes one, or set [cluster] id")
+        self.cfg = cfg
+        self.name = self.node_name = name
+        self.me: NodeConfig = cfg.node(name)
+        self.data_dir = data_dir.resolve()
+        self.home = node_home(self.data_dir, name)
+        self.socket_path = Path(self.me.socket) if self.me.socket else self.home / "kv.sock"
+        self.cluster_id = cfg.id
+        self.timeout = cfg.raft.request_timeout_ms / 1000
+        self._wake = asyncio.Event()
+        self._leader_known = asyncio.Event()
+        self._waiters: dict[int, tuple[int, asyncio.Future[tuple[sm.Result, int]]]] = {}
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = asyncio.Event()
+        self._leader_stubs: dict[str, tuple[grpc.aio.Channel, pbg.RaftStub]] = {}
+        self.addresses = {n.name: n.grpc_address for n in cfg.nodes}
+        self.snapshot_index = 0
+
+    # ---- start and stop -------------------------------------------------------------
+
+    def _open_state(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = self.cfg.storage
+        self.store = Store(self.home / "data", map_size=st.map_size_mb << 20,
+                           max_map_size=st.max_map_size_mb << 20, sync=st.sync)
+        cid = self.store.meta_get("cluster_id")
+        if cid is None:
+            self.store.meta_set("cluster_id", self.cluster_id.encode())
+        elif cid.decode() != self.cluster_id:
+            self.store.close()
+            raise WrongCluster(f"data directory {self.home} belongs to cluster {cid.decode()}, "
+                               f"but {self.cfg.path or 'the config'} is cluster {self.cluster_id}")
+        hs_blob = self.store.hard_state()
+        hs = convert.hard_state_from_blob(hs_blob) if hs_blob else None
+        snap_blob = self.store.meta_get("snapshot")
+        snap = convert.snap_from_blob(snap_blob) if snap_blob else None
+        self.snapshot_index = snap.index if snap else 0
+        first, last = self.store.log_bounds()
+        entries = [convert.entry_from_blob(i, b) for i, b in self.store.log_get(first, last + 1)] if last else []
+        conf_blob = self.store.meta_get("conf")
+        if conf_blob:
+            conf = convert.conf_from_pb(_parse_conf(conf_blob))
+        else:
+            conf = ConfState(voters=tuple(n.name for n in self.cfg.nodes if n.initial), learners=())
+        r = self.cfg.raft
+        rcfg = Config(id=self.name, election_tick=r.election_ticks, heartbeat_tick=r.heartbeat_ticks,
+                      max_inflight=r.max_inflight, max_entries_per_msg=r.max_entries_per_msg,
+                      max_bytes_per_msg=r.max_bytes_per_msg, max_uncommitted=r.max_uncommitted)
+        import random
+
+        self.core = RaftCore(rcfg, conf=conf, hard_state=hs, entries=entries, snapshot=snap,
+                             applied=self.store.applied_index(), rng=random.Random())
+        self.applied = self.store.applied_index()
+        cache_name = ShmCache.name_for(str(self.data_dir), self.name)
+        self.cache = ShmCache.create(cache_name, size_bytes=self.cfg.cache.size_mb << 20,
+                                     max_value=self.cfg.cache.max_value)
+        log.info("%s: opened state: term %d, applied %d, log %d..%d, voters %s", self.name,
+                 hs.term if hs else 0, self.applied, first, last, ",".join(conf.voters))
+
+    async def start(self) -> None:
+        self._open_state()
+        self.transport = Transport(self.name, self.cluster_id, self._address_of,
+                                   on_unreachable=self._unreachable,
+                                   max_message=self.cfg.limits.grpc_max_message,
+                                   credentials=self._channel_credentials())
+        self.reads = ReadBarrier(self)
+        self.grpc_server = await start_grpc_server(self)
+        lim = self.cfg.limits
+        self.resp = RespServer(self, str(self.socket_path),
+                               limits=Limits(max_key=lim.max_key, max_value=lim.max_value,
+                                             max_clients=lim.max_clients, max_pipeline=lim.max_pipeline),
+                               socket_mode=self.cfg.local.socket_mode)
+        await self.resp.start()
+        self._tasks += [asyncio.create_task(self._ticker(), name="ticker"),
+                        asyncio.create_task(self._ready_loop(), name="ready")]
+        (self.home / "node.pid").write_text(f"{os.getpid()}\n")
+        log.info("%s: serving: grpc %s, socket %s", self.name, self.me.grpc_address, self.socket_path)
+
+    async def stop(self) -> None:
+        log.info("%s: stopping (term %d)", self.name, self.core.term)
+        if self.core.role_name == "leader" and len(self.core.status()["voters"]) > 1:
+            try:
+                await asyncio.wait_for(self.transfer_leadership(None), 1.5)
+            except (Exception, asyncio.TimeoutError) as e:
+                log.info("%s: leadership transfer before stop did not finish: %s", self.name, e)
+        await self.resp.close()
+        await self.grpc_server.stop(0.3)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transport.close()
+        for ch, _ in self._leader_stubs.values():
+            await ch.close(grace=None)
+        self.store.close()
+        self.cache.close()
+        self.cache.unlink()
+        for p in (self.home / "node.pid",):
+            p.unlink(missing_ok=True)
+        log.info("%s: stopped", self.name)
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+    # ---- the Raft loop ----------------------------------------------------------------
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def receive(self, msg: Any) -> None:
+        if msg.dst != self.name:
+            log.warning("%s: dropped a message for %s from %s", self.name, msg.dst, msg.src)
+            return
+        self.core.step(msg)
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.cfg.raft.tick_ms / 1000
+        nxt = loop.time()
+        while True:
+            nxt += interval
+            delay = nxt - loop.time()
+            if delay < -interval:  # the loop stalled: do not fire a burst of ticks
+                nxt = loop.time()
+                delay = 0
+            await asyncio.sleep(max(0.0, delay))
+            self.core.tick()
+            self.reads.on_tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while self.core.has_ready():
+                    rd = self.core.ready()
+                    self._handle_ready(rd)
+                    self.core.advance(rd)
+            except Exception:
+                log.exception("%s: fatal error in the raft loop; stopping", self.name)
+                self._stopping.set()
+                return
+
+    def _handle_ready(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            ss = rd.soft_state
+            log.info("%s: role %s, leader %s, term %d", self.name, ss.role.name.lower(), ss.leader,
+                     self.core.term)
+            if ss.leader:
+                self._leader_known.set()
+            else:
+                self._leader_known.clear()
+        if rd.entries or rd.hard_state is not None:
+            self.store.log_append([(e.index, convert.entry_blob(e)) for e in rd.entries],
+                                  convert.hard_state_blob(rd.hard_state) if rd.hard_state else None)
+        if rd.messages:
+            self.transport.send(rd.messages)
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
+        for rs in rd.read_states:
+            self.reads.on_read_state(rs.index, rs.context)
+
+    def _apply(self, entries: list[Entry]) -> None:
+        batch: list[tuple[Entry, sm.Command | None]] = []
+        for e in entries:
+            if e.type == EntryType.CONF_CHANGE:
+                self._apply_batch(batch)
+                batch = []
+                self._apply_conf_change(e)
+                continue
+            try:
+                cmd = sm.decode(e.data)
+            except ValueError as err:
+                log.error("%s: entry %d (term %d) is not a command (%s); applied as a no-op", self.name,
+                          e.index, e.term, err)
+                cmd = None
+            batch.append((e, cmd))
+        self._apply_batch(batch)
+
+    def _apply_batch(self, batch: list[tuple[Entry, sm.Command | None]]) -> None:
+        if not batch:
+            return
+        keys = {k for _, c in batch if c is not None for k in sm.keys_of(c)}
+        for k in keys:  # no reader may see the old value once LMDB has the new one
+            self.cache.delete(k)
+
+        def fn_for(c: sm.Command | None) -> Any:
+            if c is None:
+                return lambda view: (None, [])
+            return lambda view: sm.apply(view, c)
+
+        outs = self.store.apply_many([(e.index, fn_for(c)) for e, c in batch])
+        latest: dict[bytes, bytes | None] = {}
+        for _, changes in outs:
+            latest.update(changes)
+        for k, v in latest.items():
+            if v is not None:
+                self.cache.put(k, v)
+        self.applied = batch[-1][0].index
+        for (e, _), (res, _) in zip(batch, outs, strict=True):
+            w = self._waiters.pop(e.index, None)
+            if w is None:
+                continue
+            term, fut = w
+            if fut.done():
+                continue
+            if term == e.term:
+                fut.set_result((res, e.index))
+            else:
+                fut.set_exception(TryAgain("leadership changed before the write committed"))
+        self._wake_applied()
+
+    def _apply_conf_change(self, e: Entry) -> None:
+        cc = ConfChange.decode(e.data)
+        conf = self.core.apply_conf_change(cc)
+        self.store.meta_set("conf", convert.conf_to_pb(conf).SerializeToString())
+        self.store.apply(e.index, lambda view: None)
+        self.applied = e.index
+        log.info("%s: applied conf change %s %s at index %d: voters %s learners %s", self.name,
+                 cc.type.name.lower(), cc.node, e.index, ",".join(conf.voters), ",".join(conf.learners))
+        w = self._waiters.pop(e.index, None)
+        if w and not w[1].done():
+            w[1].set_result((None, e.index))
+        self._wake_applied()
+        if cc.type == ConfChangeType.REMOVE and cc.node == self.name:
+            log.info("%s: removed from the cluster; stopping", self.name)
+            self._stopping.set()
+
+    def _wake_applied(self) -> None:
+        if not self._applied_waiters:
+            return
+        keep = []
+        for idx, fut in self._applied_waiters:
+            if idx <= self.applied:
+                if not fut.done():
+                    fut.set_result(None)
+            elif not fut.done():
+                keep.append((idx, fut))
+        self._applied_waiters = keep
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        if self.applied >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, fut))
+        await asyncio.wait_for(fut, timeout)
+
+    def _unreachable(self, peer: str) -> None:
+        self.core.report_unreachable(peer)
+
+    def _address_of(self, name: str) -> str | None:
+        return self.addresses.get(name)
+
+    def _channel_credentials(self) -> grpc.ChannelCredentials | None:
+        return None
+
+    # ---- writes -----------------------------------------------------------------------
+
+    def _validate(self, cmd: sm.Command) -> None:
+        lim = self.cfg.limits
+        for k in sm.keys_of(cmd):
+            if not k:
+                raise LimitExceeded("empty key")
+            if len(k) > lim.max_key:
+                raise LimitExceeded(f"key is {len(k)} bytes; the limit is {lim.max_key}")
+        values = [cmd.value] if isinstance(cmd, sm.Set) else [v for _, v in cmd.pairs] \
+            if isinstance(cmd, sm.MSet) else []
+        for v in values:
+            if len(v) > lim.max_value:
+                raise LimitExceeded(f"value is {len(v)} bytes; the limit is {lim.max_value}")
+
+    async def propose_as_leader(self, cmd: sm.Command | ConfChange,
+                                timeout: float | None = None) -> tuple[sm.Result, int]:
+        try:
+            if isinstance(cmd, ConfChange):
+                idx = self.core.propose_conf_change(cmd)
+            else:
+                idx = self.core.propose(sm.encode(cmd))
+        except NotLeader as e:
+            raise TryAgain(f"{self.name} is not the leader") from e
+        except ProposalDropped as e:
+            raise TryAgain(f"proposal dropped: {e}") from e
+        fut: asyncio.Future[tuple[sm.Result, int]] = asyncio.get_running_loop().create_future()
+        self._waiters[idx] = (self.core.term, fut)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, timeout or self.timeout)
+        except asyncio.TimeoutError:
+            self._waiters.pop(idx, None)
+            raise Unknown(f"write at index {idx} not committed within {timeout or self.timeout:.1f}s") from None
+
+    async def write(self, cmd: sm.Command) -> sm.Result:
+        self._validate(cmd)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TryAgain("no leader could take the write in time")
+            if self.core.role_name == "leader":
+                try:
+                    res, _ = await self.propose_as_leader(cmd, remaining)
+                    return res
+                except TryAgain:
+                    if self.core.role_name == "leader":
+                        raise
+                    continue  # lost leadership before proposing: forward instead
+            leader = self.core.leader
+            if leader is None or leader == self.name:
+                await self._wait_for_leader(deadline)
+                continue
+            res2 = await self._forward(leader, cmd, deadline)
+            if res2 is not None:
+                return res2[0]
+
+    async def _wait_for_leader(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._leader_known.clear() if self.core.leader is None else None
+        try:
+            await asyncio.wait_for(self._leader_known.wait(), max(0.0, min(0.05, deadline - loop.time())))
+        except asyncio.TimeoutError:
+            pass
+
+    def _leader_stub(self, leader: str) -> pbg.RaftStub:
+        ent = self._leader_stubs.get(leader)
+        if ent is None:
+            addr = self._address_of(leader)
+            if addr is None:
+                raise TryAgain(f"no address for leader {leader}")
+            ch = make_channel(addr, self.cfg.limits.grpc_max_message, self._channel_credentials(), leader)
+            ent = self._leader_stubs[leader] = (ch, pbg.RaftStub(ch))
+        return ent[1]
+
+    async def _forward(self, leader: str, cmd: sm.Command,
+                       deadline: float) -> tuple[sm.Result] | None:
+        """Forward a write to the leader; None means 'nothing applied, try again'."""
+        loop = asyncio.get_running_loop()
+        try:
+            resp = await self._leader_stub(leader).Propose(
+                pb.ProposeRequest(cluster_id=self.cluster_id, command=sm.encode(cmd)),
+                timeout=max(0.01, deadline - loop.time()))
+        except grpc.aio.AioRpcError as e:
+            code, details = e.code(), e.details() or ""
+            if code == NOT_APPLIED or (code == grpc.StatusCode.UNAVAILABLE and _not_sent(details)):
+                await asyncio.sleep(0.02)
+                return None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise LimitExceeded(details) from None
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise WrongCluster(details) from None
+            raise Unknown(f"forwarded write to {leader}: {code.name.lower()}: {details}") from None
+        try:
+            await self.wait_applied(resp.index, max(0.01, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise Unknown(f"committed at index {resp.index} but not yet applied here") from None
+        return (sm.decode_result(resp.result),)
+
+    # ---- reads (Backend) --------------------------------------------------------------
+
+    async def read_barrier(self) -> None:
+        await self.reads.wait(self.timeout)
+
+    def get(self, key: bytes) -> bytes | None:
+        v = self.cache.get(key)
+        return v if v is not None else self.store.get(key)
+
+    def scan(self, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        return self.store.scan(start=start, limit=limit)
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def info(self) -> dict[str, dict[str, Any]]:
+        s = self.status()
+        return {"replication": {"role": s["role"], "leader": s["leader"] or "", "term": s["term"],
+                                "commit_index": s["commit_index"], "applied_index": s["applied_index"],
+                                "voters": ",".join(s["voters"]), "learners": ",".join(s["learners"])},
+                "cluster": {"cluster_id": self.cluster_id, "node": self.name}}
+
+    # ---- status and membership --------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        st = self.core.status()
+        first, last = self.store.log_bounds()
+        return {
+            "name": self.name, "cluster_id": self.cluster_id, "role": self.core.role_name,
+            "term": self.core.term, "leader": self.core.leader, "commit_index": self.core.commit,
+            "applied_index": self.applied, "last_index": self.core.last_index,
+            "snapshot_index": self.snapshot_index, "log_length": (last - first + 1) if last else 0,
+            "voters": list(st["voters"]), "learners": list(st["learners"]),
+            "socket": str(self.socket_path), "grpc": self.me.grpc_address, "metrics": "",
+        }
+
+    async def change_member(self, op: str, name: str, address: str) -> ConfState:
+        raise KVError("membership changes are not implemented yet")
+
+    async def transfer_leadership(self, to: str | None) -> str | None:
+        if self.core.role_name != "leader":
+            return self.core.leader
+        st = self.core.status()
+        if to is None:
+            prog = st.get("progress", {})
+            cands = [v for v in st["voters"] if v != self.name]
+            if not cands:
+                return self.name
+            to = max(cands, key=lambda v: prog.get(v, {}).get("match", 0))
+        self.core.transfer_leader(to)
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while loop.time() < deadline:
+            if self.core.leader not in (None, self.name) and self.core.role_name != "leader":
+                return self.core.leader
+            await asyncio.sleep(0.01)
+        raise TryAgain(f"leadership transfer to {to} did not finish in time")
+
+
+def _not_sent(details: str) -> bool:
+    d = details.lower()
+    return "failed to connect" in d or "connection refused" in d or "trayagain" in d or "tryagain" in d
+
+
+def _parse_conf(blob: bytes) -> pb.ConfState:
+    c = pb.ConfState()
+    c.ParseFromString(blob)
+    return c
