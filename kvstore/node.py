@@ -10,7 +10,7 @@ runs on the loop thread, so the core needs no locks. One `Ready` at a time: pers
 from __future__ import annotations
 
 import asyncio
-import itertools
+import json
 import logging
 import os
 import signal
@@ -75,7 +75,14 @@ class Node:
         self._stopping = asyncio.Event()
         self._leader_stubs: dict[str, tuple[grpc.aio.Channel, pbg.RaftStub]] = {}
         self.addresses = {n.name: n.grpc_address for n in cfg.nodes}
+        # Drills route each link through a fault-injecting proxy: {"n2": "127.0.0.1:9012", ...}
+        override = os.environ.get("KVSTORE_PEER_ADDRESSES")
+        if override:
+            self.addresses.update(json.loads(override))
         self.snapshot_index = 0
+        # Test-only: answer "linearizable" reads from local state. Exists so that a drill can
+        # show the checker catches a node that lies; never set it in production.
+        self._unsafe_local_reads = os.environ.get("KVSTORE_UNSAFE_LOCAL_READS") == "1"
 
     # ---- start and stop -------------------------------------------------------------
 
@@ -425,6 +432,8 @@ class Node:
     # ---- reads (Backend) --------------------------------------------------------------
 
     async def read_barrier(self) -> None:
+        if self._unsafe_local_reads:
+            return  # test-only: the drills must catch this
         await self.reads.wait(self.timeout)
 
     def get(self, key: bytes) -> bytes | None:
