@@ -326,7 +326,18 @@ class Node:
         return self.addresses.get(name)
 
     def _channel_credentials(self) -> grpc.ChannelCredentials | None:
-        return None
+        if not self.cfg.tls.enabled:
+            return None
+        from kvstore import tls
+
+        return tls.channel_credentials(self.cfg, self.data_dir, self.name)
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        if not self.cfg.tls.enabled:
+            return None
+        from kvstore import tls
+
+        return tls.server_credentials(self.cfg, self.data_dir, self.name)
 
     # ---- writes -----------------------------------------------------------------------
 

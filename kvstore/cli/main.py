@@ -42,8 +42,9 @@ def cli(ctx: click.Context, data_dir: Path) -> None:
 
 
 def _register() -> None:
-    from kvstore.cli import cluster, kv, node
+    from kvstore.cli import certs, cluster, kv, node
 
+    cli.add_command(certs.certs)
     cli.add_command(cluster.cluster)
     cli.add_command(node.node)
     for c in kv.COMMANDS:
