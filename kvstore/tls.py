@@ -113,3 +113,11 @@ def channel_credentials(cfg: ClusterConfig, data_dir: Path, who: str) -> grpc.Ch
     return grpc.ssl_channel_credentials(root_certificates=_read(ca, "CA certificate"),
                                         private_key=_read(key, "key"),
                                         certificate_chain=_read(cert, "certificate"))
+
+
+def client_channel(cfg: ClusterConfig, data_dir: Path, address: str, server_name: str | None = None) -> grpc.Channel:
+    """A blocking channel for the CLI: plain, or with the 'client' certificate when TLS is on."""
+    if not cfg.tls.enabled:
+        return grpc.insecure_channel(address)
+    opts = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(address, channel_credentials(cfg, data_dir, CLIENT), options=opts)

@@ -60,10 +60,17 @@ class SocketKV:
 
 
 class GrpcKV:
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, data_dir: Path | None = None) -> None:
         from kvstore.rpc.client import GrpcClient
 
-        self.c = GrpcClient(endpoint)
+        channel = None
+        if data_dir is not None and manage.config_path(data_dir).exists():
+            from kvstore.tls import client_channel
+
+            cfg = manage.load(data_dir)
+            name = next((n.name for n in cfg.nodes if n.grpc_address == endpoint), None)
+            channel = client_channel(cfg, data_dir, endpoint, name)
+        self.c = GrpcClient(endpoint, channel=channel)
 
     def get(self, key: bytes, *, linearizable: bool = True) -> bytes | None:
         return self.c.get(key, linearizable=linearizable)
@@ -89,7 +96,7 @@ def _candidates(obj: dict[str, Any], node: str | None, socket: str | None,
     if socket:
         return [lambda: SocketKV(socket)]
     if endpoint:
-        return [lambda: GrpcKV(endpoint)]
+        return [lambda: GrpcKV(endpoint, obj["dir"])]
     d: Path = obj["dir"]
     cfg = manage.load(d)
     names = [node] if node else [n.name for n in cfg.nodes]

@@ -61,8 +61,10 @@ def create(data_dir: Path, nodes: int, config: Path | None) -> ClusterConfig:
     return cfgmod.load(config_path(data_dir))
 
 
-def admin_stub(address: str) -> tuple[grpc.Channel, kv_pb2_grpc.AdminStub]:
-    ch = grpc.insecure_channel(address)
+def admin_stub(cfg: ClusterConfig, data_dir: Path, node: NodeConfig) -> tuple[grpc.Channel, kv_pb2_grpc.AdminStub]:
+    from kvstore.tls import client_channel
+
+    ch = client_channel(cfg, data_dir, node.grpc_address, node.name)
     return ch, kv_pb2_grpc.AdminStub(ch)
 
 
@@ -77,7 +79,7 @@ def node_status(data_dir: Path, cfg: ClusterConfig, node: NodeConfig, timeout: f
     }
     if pid is None or row["paused"]:
         return row
-    ch, stub = admin_stub(node.grpc_address)
+    ch, stub = admin_stub(cfg, data_dir, node)
     try:
         s = stub.Status(kv_pb2.StatusRequest(), timeout=timeout)
     except grpc.RpcError:

@@ -30,12 +30,10 @@ def _error(e: grpc.RpcError, where: str) -> KVError:
 
 
 class GrpcClient:
-    def __init__(self, endpoint: str, *, timeout: float = 10.0,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(self, endpoint: str, *, timeout: float = 10.0, channel: grpc.Channel | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self.channel = (grpc.secure_channel(endpoint, credentials) if credentials
-                        else grpc.insecure_channel(endpoint))
+        self.channel = channel or grpc.insecure_channel(endpoint)
         self.stub = kvpbg.KVStub(self.channel)
 
     def close(self) -> None:
