@@ -1,0 +1,212 @@
+"""RESP reply encoding, the server's limits, and the size guard around hiredis.
+
+hiredis parses requests; this module never builds request objects. It only checks the
+*headers* of a request frame that hiredis is still waiting to complete, because hiredis
+itself would wait forever for `$999999999999` bytes (or allocate for a huge `*N`) before
+we ever saw the frame. Reply encoders return bytes; the `proto` argument (2 or 3) picks
+the RESP2 or RESP3 form where they differ (null, map).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+CRLF = b"\r\n"
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"
+QUEUED_NULL2 = b"$-1\r\n"
+NULL3 = b"_\r\n"
+ZERO = b":0\r\n"
+ONE = b":1\r\n"
+EMPTY_ARRAY = b"*0\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-server limits; every one of them gets an `-ERR` reply, never a crash."""
+
+    max_key: int = 511  # LMDB's key limit
+    max_value: int = 1 << 20
+    # One request frame, and unparsed bytes held per connection (a 1 MiB value plus slack).
+    max_request: int = (2 << 20) + (64 << 10)
+    max_args: int = 1 << 20  # elements in one request array (Redis uses the same)
+    # Parsed requests waiting per connection; above it (or above max_queued_bytes) the
+    # connection stops being read until the queue drains: a pipeline of any length works.
+    max_pipeline: int = 10_000
+    max_queued_bytes: int = 16 << 20
+    # Reply bytes buffered for a connection that does not read; above it, stop reading it.
+    # Large enough that a client which writes a whole pipeline before reading never deadlocks.
+    max_output: int = 32 << 20
+    max_reply: int = 64 << 20  # one reply (MGET/SCAN of large values)
+    max_clients: int = 1024
+    max_scan_count: int = 100_000
+
+
+def simple(s: bytes) -> bytes:
+    return b"+" + s + CRLF
+
+
+def error(msg: str) -> bytes:
+    # An error line must not contain CR/LF: a key echoed into a message could carry them.
+    return b"-" + msg.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + CRLF
+
+
+def integer(n: int) -> bytes:
+    return b":%d\r\n" % n
+
+
+def null(proto: int) -> bytes:
+    return NULL3 if proto == 3 else QUEUED_NULL2
+
+
+def bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def bulk_or_null(b: bytes | None, proto: int) -> bytes:
+    if b is None:
+        return NULL3 if proto == 3 else QUEUED_NULL2
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def array(items: list[bytes]) -> bytes:
+    """`items` are already-encoded replies."""
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+def bulk_array(values: Iterable[bytes | None], proto: int) -> bytes:
+    nil = NULL3 if proto == 3 else QUEUED_NULL2
+    parts = [b""]
+    n = 0
+    for v in values:
+        n += 1
+        parts.append(nil if v is None else b"$%d\r\n%s\r\n" % (len(v), v))
+    parts[0] = b"*%d\r\n" % n
+    return b"".join(parts)
+
+
+def map_reply(pairs: list[tuple[bytes, bytes]], proto: int) -> bytes:
+    """`pairs` are (encoded key, encoded value); a flat array in RESP2."""
+    head = b"%%%d\r\n" % len(pairs) if proto == 3 else b"*%d\r\n" % (2 * len(pairs))
+    return head + b"".join(k + v for k, v in pairs)
+
+
+def value(v: object, proto: int) -> bytes:
+    """Encode a plain Python value (str, bytes, int, None, list, dict) for HELLO, COMMAND..."""
+    if v is None:
+        return null(proto)
+    if isinstance(v, bool):
+        return integer(int(v))
+    if isinstance(v, int):
+        return integer(v)
+    if isinstance(v, str):
+        return bulk(v.encode())
+    if isinstance(v, bytes):
+        return bulk(v)
+    if isinstance(v, dict):
+        return map_reply([(value(k, proto), value(x, proto)) for k, x in v.items()], proto)
+    if isinstance(v, list | tuple):
+        return array([value(x, proto) for x in v])
+    raise TypeError(f"cannot encode {type(v).__name__}")
+
+
+class FrameError(Exception):
+    """A request frame the server refuses; the message follows `Protocol error: `."""
+
+
+_MAX_HEADER = 24  # '*' or '$', up to 20 digits, CRLF
+
+
+class FrameGuard:
+    """Walks the headers of the one request frame hiredis holds incomplete.
+
+    `feed` checks each header as it arrives (array length, element type, bulk length),
+    skipping bulk bodies without copying them, and returns the offset in `data` where
+    the frame ends, or -1 while it is still incomplete. It raises FrameError on a
+    header over the limits, a nested or non-bulk element, or a malformed number.
+    """
+
+    __slots__ = ("head", "elems", "skip", "size", "max_args", "max_bulk")
+
+    def __init__(self, limits: Limits) -> None:
+        self.max_args = limits.max_args
+        self.max_bulk = limits.max_request
+        self.reset()
+
+    def reset(self) -> None:
+        self.head = b""  # a header line split across reads
+        self.elems = -1  # elements still to come; -1: the array header itself
+        self.skip = 0  # body bytes (and CRLF) still to skip
+        self.size = 0  # declared size of the frame so far
+
+    def feed(self, data: bytes, start: int = 0) -> int:
+        pos = start
+        n = len(data)
+        while True:
+            if self.skip:
+                if pos + self.skip > n:
+                    self.skip -= n - pos
+                    return -1
+                pos += self.skip
+                self.skip = 0
+            if self.elems == 0:
+                self.reset()
+                return pos
+            if pos >= n:
+                return -1
+            if self.head:
+                need = _MAX_HEADER - len(self.head)
+                chunk = self.head + data[pos : pos + need]
+                e = chunk.find(CRLF)
+                if e < 0:
+                    if len(chunk) >= _MAX_HEADER:
+                        raise FrameError("too big header")
+                    self.head = chunk
+                    return -1
+                line = chunk[:e]
+                pos += e + 2 - len(self.head)
+                self.head = b""
+            else:
+                e = data.find(CRLF, pos, pos + _MAX_HEADER)
+                if e < 0:
+                    if n - pos >= _MAX_HEADER:
+                        raise FrameError("too big header")
+                    self.head = data[pos:]
+                    return -1
+                line = data[pos:e]
+                pos = e + 2
+            self._header(line)
+
+    def _header(self, line: bytes) -> None:
+        kind = line[:1]
+        try:
+            num = int(line[1:])
+        except ValueError:
+            raise FrameError("invalid length") from None
+        if self.elems < 0:
+            if kind != b"*":
+                raise FrameError(f"expected '*', got '{kind.decode('latin-1')}'")
+            if num > self.max_args:
+                raise FrameError("invalid multibulk length")
+            self.elems = max(num, 0)
+            return
+        if kind != b"$":
+            raise FrameError(f"expected '$', got '{kind.decode('latin-1')}'")
+        if num < 0 or num > self.max_bulk:
+            raise FrameError("invalid bulk length")
+        self.size += num
+        if self.size > self.max_bulk:
+            raise FrameError("request too large")
+        self.elems -= 1
+        self.skip = num + 2
+
+
+def frame_size(args: list[bytes]) -> int:
+    """Bytes of the canonical RESP encoding of a request (hiredis refuses any other)."""
+    n = len(args)
+    s = 4 if n < 10 else 3 + len(str(n))
+    for a in args:
+        la = len(a)
+        s += la + (6 if la < 10 else 7 if la < 100 else 5 + len(str(la)))
+    return s

@@ -1,0 +1,254 @@
+"""A node without replication: the LMDB `Store` and the shared-memory cache, nothing else.
+
+Writes are group-committed: the commands that arrive while one LMDB transaction is
+being fsynced all go into the next one (one fsync for the lot), on a dedicated thread so
+that reads go on meanwhile. The cache follows the rule every writer of this project
+keeps: `cache.delete(keys)` before the commit, `cache.put(new values)` after it, and
+only then the answer; so the cache never holds a value older than LMDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from kvstore import statemachine
+from kvstore.errors import KVError, LimitExceeded, Unknown
+from kvstore.statemachine import Command, Result
+
+log = logging.getLogger("kvstore.local.single")
+
+MAX_KEY = 511
+
+
+class StoreLike(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(
+        self,
+        prefix: bytes = b"",
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[bytes, bytes]]: ...
+
+    def count(self) -> int: ...
+
+    def apply(self, index: int, fn: Callable[[Any], Any]) -> Any: ...
+
+    def applied_index(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class CacheLike(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes) -> Any: ...
+
+    def delete(self, key: bytes) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class SingleNodeBackend:
+    """`Backend` over one `Store` (and optionally one `ShmCache`), in the node's process.
+
+    `fill_cache`: reads that miss the cache put what they found into it (safe here,
+    because this process is the only writer: a key with a write in flight is skipped).
+    """
+
+    # A write is answered only once it is in LMDB and the cache, and there is nobody to
+    # ask for a read index: local state is always linearizable. Worker processes use this
+    # to skip the round trip of a read barrier.
+    barrier_free = True
+
+    def __init__(
+        self,
+        store: StoreLike,
+        cache: CacheLike | None = None,
+        *,
+        node_name: str = "n1",
+        fill_cache: bool = True,
+        cache_name: str | None = None,
+        store_path: str | None = None,
+    ) -> None:
+        self.node_name = node_name
+        self.store = store
+        self.cache = cache
+        self.cache_name = cache_name
+        self.store_path = store_path
+        self.fill_cache = fill_cache and cache is not None
+        self.applied = store.applied_index()
+        self._pending: list[tuple[Command, asyncio.Future[Result]]] = []
+        self._inflight: dict[bytes, int] = {}
+        self._committer: asyncio.Task[None] | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kvstore-commit")
+        self._owned: list[Any] = []
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        store_path: str,
+        *,
+        cache_name: str | None = None,
+        cache_size: int = 64 << 20,
+        node_name: str = "n1",
+        sync: bool = True,
+        map_size: int = 64 << 20,
+    ) -> SingleNodeBackend:
+        """Open (create) the Store at `store_path` and, with `cache_name`, a new ShmCache."""
+        from kvstore.storage import Store
+
+        store = Store(store_path, sync=sync, map_size=map_size)
+        cache = None
+        if cache_name is not None:
+            from kvstore.cache import ShmCache
+
+            try:
+                cache = ShmCache.create(cache_name, size_bytes=cache_size)
+            except BaseException:
+                store.close()
+                raise
+        b = cls(store, cache, node_name=node_name, cache_name=cache_name, store_path=store_path)
+        b._owned = [store] + ([cache] if cache is not None else [])
+        return b
+
+    # -- Backend -------------------------------------------------------------------------
+
+    async def write(self, cmd: Command) -> Result:
+        if self._closed:
+            raise KVError("node is shutting down")
+        for k in statemachine.keys_of(cmd):
+            if not 0 < len(k) <= MAX_KEY:
+                raise LimitExceeded(f"key is {len(k)} bytes; keys must be 1 to {MAX_KEY} bytes")
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((cmd, fut))
+        if self._committer is None:
+            self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
+        return await fut
+
+    async def read_barrier(self) -> None:
+        return None
+
+    def get(self, key: bytes) -> bytes | None:
+        cache = self.cache
+        if cache is not None:
+            v = cache.get(key)
+            if v is not None:
+                return v
+        v = self.store.get(key)
+        if v is not None and self.fill_cache and key not in self._inflight:
+            try:
+                cache.put(key, v)  # type: ignore[union-attr]
+            except Exception:  # a value the cache will not take is simply not cached
+                pass
+        return v
+
+    def scan(self, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        return self.store.scan(start=start, limit=limit)
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def info(self) -> dict[str, dict[str, Any]]:
+        repl = {
+            "role": "leader",
+            "leader": self.node_name,
+            "term": 0,
+            "commit_index": self.applied,
+            "applied_index": self.applied,
+            "replication": "none (single node)",
+        }
+        storage: dict[str, Any] = {"store_path": self.store_path or "", "cache_name": self.cache_name or ""}
+        return {"replication": repl, "storage": storage}
+
+    # -- group commit ----------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._commit(loop, batch)
+        finally:
+            self._committer = None
+            if self._pending and not self._closed:  # arrived during the last await
+                self._committer = loop.create_task(self._commit_loop())
+
+    async def _commit(
+        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Command, asyncio.Future[Result]]]
+    ) -> None:
+        cmds = [c for c, _ in batch]
+        keys = {k for c in cmds for k in statemachine.keys_of(c)}
+        for k in keys:
+            self._inflight[k] = self._inflight.get(k, 0) + 1
+        try:
+            if self.cache is not None:
+                for k in keys:
+                    self.cache.delete(k)
+            index = self.applied + len(cmds)
+            try:
+                outcomes = await loop.run_in_executor(self._pool, self._apply, index, cmds)
+            except Exception as e:
+                if len(batch) > 1:  # isolate the command that failed: one txn each
+                    for item in batch:
+                        await self._commit(loop, [item])
+                    return
+                _, fut = batch[0]
+                if not fut.done():
+                    fut.set_exception(e if isinstance(e, KVError) else Unknown(f"write failed: {e}"))
+                log.warning("write failed at index %d: %s", index, e)
+                return
+            self.applied = index
+            if self.cache is not None:
+                for _, changes in outcomes:
+                    for k, v in changes:
+                        self._cache_set(k, v)
+            for (_, fut), (result, _) in zip(batch, outcomes, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+        finally:
+            for k in keys:
+                n = self._inflight[k] - 1
+                if n:
+                    self._inflight[k] = n
+                else:
+                    del self._inflight[k]
+
+    def _apply(
+        self, index: int, cmds: list[Command]
+    ) -> list[tuple[Result, list[tuple[bytes, bytes | None]]]]:
+        return self.store.apply(index, lambda view: [statemachine.apply(view, c) for c in cmds])  # type: ignore[no-any-return]
+
+    def _cache_set(self, key: bytes, value: bytes | None) -> None:
+        assert self.cache is not None
+        try:
+            if value is None:
+                self.cache.delete(key)
+            else:
+                self.cache.put(key, value)
+        except Exception:
+            try:  # never leave an older value behind
+                self.cache.delete(key)
+            except Exception:
+                log.exception("cache delete failed for a key")
+
+    async def aclose(self) -> None:
+        """Finish queued writes, then close what `open` opened."""
+        while self._committer is not None:
+            await asyncio.shield(self._committer)
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        for obj in reversed(self._owned):
+            try:
+                obj.close()
+                if hasattr(obj, "unlink"):
+                    obj.unlink()
+            except Exception:
+                log.exception("closing %r failed", obj)
+        self._owned = []
