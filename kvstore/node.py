@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from kvstore.cache import ShmCache
 from kvstore.config import ClusterConfig, NodeConfig
 from kvstore.errors import KVError, LimitExceeded, TryAgain, Unknown, WrongCluster
 from kvstore.local.server import Limits, RespServer
+from kvstore.metrics import NodeMetrics
 from kvstore.raft import (
     ConfChange,
     ConfChangeType,
@@ -132,6 +134,15 @@ class Node:
                                    max_message=self.cfg.limits.grpc_max_message,
                                    credentials=self._channel_credentials())
         self.reads = ReadBarrier(self)
+        self.metrics = NodeMetrics(self.name)
+        self.metrics.watch(self.status, self.cache.stats, lambda: self._clients())
+        self._metrics_server = None
+        if self.me.metrics_port:
+            try:
+                self._metrics_server = self.metrics.serve(self.me.host, self.me.metrics_port)
+            except OSError as e:
+                log.warning("%s: no metrics endpoint on %s:%d: %s", self.name, self.me.host,
+                            self.me.metrics_port, e.strerror)
         self.grpc_server = await start_grpc_server(self)
         lim = self.cfg.limits
         self.resp = RespServer(self, str(self.socket_path),
@@ -159,6 +170,9 @@ class Node:
         await self.transport.close()
         for ch, _ in self._leader_stubs.values():
             await ch.close(grace=None)
+        if self._metrics_server is not None:
+            srv = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else self._metrics_server
+            srv.shutdown()
         self.store.close()
         self.cache.close()
         self.cache.unlink()
@@ -220,17 +234,24 @@ class Node:
             ss = rd.soft_state
             log.info("%s: role %s, leader %s, term %d", self.name, ss.role.name.lower(), ss.leader,
                      self.core.term)
+            self.metrics.elections.inc()
             if ss.leader:
                 self._leader_known.set()
             else:
                 self._leader_known.clear()
         if rd.entries or rd.hard_state is not None:
+            t0 = time.perf_counter()
             self.store.log_append([(e.index, convert.entry_blob(e)) for e in rd.entries],
                                   convert.hard_state_blob(rd.hard_state) if rd.hard_state else None)
+            self.metrics.fsync.observe(time.perf_counter() - t0)
+            if rd.entries:
+                self.metrics.batch_entries.observe(len(rd.entries))
         if rd.messages:
             self.transport.send(rd.messages)
         if rd.committed_entries:
+            t0 = time.perf_counter()
             self._apply(rd.committed_entries)
+            self.metrics.apply.observe(time.perf_counter() - t0)
         for rs in rd.read_states:
             self.reads.on_read_state(rs.index, rs.context)
 
@@ -319,6 +340,10 @@ class Node:
         self._applied_waiters.append((index, fut))
         await asyncio.wait_for(fut, timeout)
 
+    def _clients(self) -> int:
+        resp = getattr(self, "resp", None)
+        return int(getattr(resp, "clients", 0) or 0) if resp is not None else 0
+
     def _unreachable(self, peer: str) -> None:
         self.core.report_unreachable(peer)
 
@@ -365,6 +390,7 @@ class Node:
             raise TryAgain(f"{self.name} is not the leader") from e
         except ProposalDropped as e:
             raise TryAgain(f"proposal dropped: {e}") from e
+        self.metrics.proposals.inc()
         fut: asyncio.Future[tuple[sm.Result, int]] = asyncio.get_running_loop().create_future()
         self._waiters[idx] = (self.core.term, fut)
         self._wake.set()
@@ -475,7 +501,9 @@ class Node:
             "applied_index": self.applied, "last_index": self.core.last_index,
             "snapshot_index": self.snapshot_index, "log_length": (last - first + 1) if last else 0,
             "voters": list(st["voters"]), "learners": list(st["learners"]),
-            "socket": str(self.socket_path), "grpc": self.me.grpc_address, "metrics": "",
+            "socket": str(self.socket_path), "grpc": self.me.grpc_address,
+            "metrics": f"http://{self.me.host}:{self.me.metrics_port}/metrics" if self._metrics_server else "",
+            "proposals_in_flight": len(self._waiters),
         }
 
     async def change_member(self, op: str, name: str, address: str) -> ConfState:
