@@ -82,6 +82,7 @@ class Node:
         if override:
             self.addresses.update(json.loads(override))
         self.snapshot_index = 0
+        self._metrics_server: Any = None
         # Test-only: answer "linearizable" reads from local state. Exists so that a drill can
         # show the checker catches a node that lies; never set it in production.
         self._unsafe_local_reads = os.environ.get("KVSTORE_UNSAFE_LOCAL_READS") == "1"
@@ -136,7 +137,6 @@ class Node:
         self.reads = ReadBarrier(self)
         self.metrics = NodeMetrics(self.name)
         self.metrics.watch(self.status, self.cache.stats, lambda: self._clients())
-        self._metrics_server = None
         if self.me.metrics_port:
             try:
                 self._metrics_server = self.metrics.serve(self.me.host, self.me.metrics_port)
