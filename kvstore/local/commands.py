@@ -254,22 +254,32 @@ class Commands:
         return b"*2\r\n" + resp.bulk(b"%d" % nxt) + resp.bulk_array(keys, s.proto)
 
     def range(self, s: Session, a: list[bytes]) -> bytes:
-        """KVS.RANGE start count [end]: [k1, v1, k2, v2, ...] with start <= k < end, in key order."""
+        """KVS.RANGE start count [end] -> [next start or nil, [k1, v1, k2, v2, ...]].
+
+        Keys in [start, end), in key order: what the Python client's scan() uses (one
+        round trip per batch, where SCAN would need a MGET after it).
+        """
         start, count = a[1], _int(a[2])
         end = a[3] if len(a) > 3 else None
         if count < 1 or len(a) > 4:
             raise CommandError("ERR syntax error")
-        items = self.backend.scan(start, min(count, self.limits.max_scan_count))
+        count = min(count, self.limits.max_scan_count)
+        items = self.backend.scan(start, count)
         out: list[bytes | None] = []
+        nxt: bytes | None = items[-1][0] + b"\x00" if len(items) == count else None
         size = 0
         for k, v in items:
             if end is not None and k >= end:
+                nxt = None
                 break
             size += len(k) + len(v)
             if size > self.limits.max_reply and out:
-                break  # the client continues after the last key it got
+                nxt = k  # the reply is full: continue from here
+                break
             out += (k, v)
-        return resp.bulk_array(out, s.proto)
+        if nxt is not None and end is not None and nxt >= end:
+            nxt = None
+        return b"*2\r\n" + resp.bulk_or_null(nxt, s.proto) + resp.bulk_array(out, s.proto)
 
     def barrier(self, s: Session, a: list[bytes]) -> bytes:
         return resp.OK

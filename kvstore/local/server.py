@@ -28,11 +28,12 @@ from typing import Any, cast
 
 import hiredis
 
-from kvstore.errors import KVError, LimitExceeded, TryAgain, Unknown
+from kvstore.errors import KVError, TryAgain, Unknown
 from kvstore.local import resp
 from kvstore.local.backend import Backend
-from kvstore.local.commands import READ, SYNC, CommandError, Commands, Session
+from kvstore.local.commands import READ, SYNC, WRITE, CommandError, Commands, Formatter, Session
 from kvstore.local.resp import FrameError, FrameGuard, Limits, frame_size
+from kvstore.statemachine import Command
 
 log = logging.getLogger("kvstore.local.server")
 
@@ -179,6 +180,7 @@ class _Connection(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
+        self.ordered = bool(getattr(server.backend, "ordered_writes", False))
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -379,20 +381,12 @@ class _Connection(asyncio.Protocol):
                         cmd, fmt = spec.fn(sess, args)
                         if out:
                             size = self._flush(out)
-                        reply = fmt(await self.backend.write(cmd), sess.proto)
-                except CommandError as e:
-                    reply = resp.error(str(e))
-                except TryAgain as e:
-                    reply = resp.error(f"TRYAGAIN {e}")
-                except Unknown as e:
-                    reply = resp.error(f"UNKNOWN {e}")
-                except LimitExceeded as e:
-                    reply = resp.error(f"ERR {e}")
-                except KVError as e:
-                    reply = resp.error(f"ERR {e}")
+                        if self.ordered and q:
+                            reply = await self._write_run(cmd, fmt)
+                        else:
+                            reply = fmt(await self.backend.write(cmd), sess.proto)
                 except Exception as e:
-                    log.exception("command %r failed", args[0][:32])
-                    reply = resp.error(f"ERR internal error: {type(e).__name__}: {e}")
+                    reply = _error_reply(e, args)
                 if reply[0] == 45:  # '-'
                     stats["error_replies"] += 1
                 sess.last_cmd = args[0].decode("latin-1")[:32]
@@ -414,6 +408,44 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
             else:
                 self._update_reading()
+
+    async def _write_run(self, cmd: Command, fmt: Formatter) -> bytes:
+        """This write and the writes queued right after it, all in flight at once.
+
+        Only for a backend with `ordered_writes` (it applies writes in the order of the
+        `write()` calls): they then share one commit, where one at a time would pay a
+        commit each. Replies still go out in request order.
+        """
+        q, sess, table, stats = self.queue, self.session, self.table, self.server.stats
+        start = asyncio.get_running_loop().create_task
+        items: list[tuple[asyncio.Task[Any] | None, Formatter | bytes]] = [
+            (start(self.backend.write(cmd)), fmt)
+        ]
+        while q and len(items) < 1024:
+            args = q[0]
+            spec = table.get(args[0])
+            if spec is None or spec.kind != WRITE or (spec.arity != len(args) and len(args) < -spec.arity):
+                break
+            q.popleft()
+            stats["total_commands_processed"] += 1
+            try:
+                c, f = spec.fn(sess, args)
+            except CommandError as e:
+                items.append((None, resp.error(str(e))))
+                continue
+            items.append((start(self.backend.write(c)), f))
+        parts = []
+        for task, f in items:
+            if task is None:
+                assert isinstance(f, bytes)
+                parts.append(f)
+                continue
+            assert not isinstance(f, bytes)
+            try:
+                parts.append(f(await task, sess.proto))
+            except Exception as e:
+                parts.append(_error_reply(e, None))
+        return b"".join(parts)
 
     def _flush(self, out: list[bytes]) -> int:
         if self.transport is not None and not self.transport.is_closing():
@@ -469,3 +501,16 @@ class _Connection(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _error_reply(e: Exception, args: list[bytes] | None) -> bytes:
+    if isinstance(e, CommandError):
+        return resp.error(str(e))
+    if isinstance(e, TryAgain):
+        return resp.error(f"TRYAGAIN {e}")
+    if isinstance(e, Unknown):
+        return resp.error(f"UNKNOWN {e}")
+    if isinstance(e, KVError):  # LimitExceeded, StorageError...
+        return resp.error(f"ERR {e}")
+    log.exception("command %r failed", args[0][:32] if args else "write")
+    return resp.error(f"ERR internal error: {type(e).__name__}: {e}")

@@ -12,7 +12,7 @@ import bisect
 import os
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from kvstore.errors import TryAgain
@@ -62,9 +62,12 @@ class MemoryStore:
         return self.index
 
     def apply(self, index: int, fn: Callable[[Any], T]) -> T:
+        return self.apply_many([(index, fn)])[0]
+
+    def apply_many(self, items: Sequence[tuple[int, Callable[[Any], T]]]) -> list[T]:
         with self.lock:
             view = _View(self)
-            result = fn(view)
+            result = [fn(view) for _, fn in items]
             for k, v in view.changes.items():  # commit
                 if v is None:
                     if self.data.pop(k, None) is not None:
@@ -73,7 +76,7 @@ class MemoryStore:
                     if k not in self.data:
                         bisect.insort(self.keys, k)
                     self.data[k] = v
-            self.index = index
+            self.index = items[-1][0]
             return result
 
     def close(self) -> None:
