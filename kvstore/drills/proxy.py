@@ -27,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import random
 import socket
 import struct
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -397,6 +399,14 @@ class ProxyMesh:
     def peer_addresses(self, node: str) -> dict[str, str]:
         """KVSTORE_PEER_ADDRESSES for `node`: where it dials each peer."""
         return {b: ln.address for (a, b), ln in self.links.items() if a == node}
+
+    def node_env(self, node: str) -> dict[str, str]:
+        return {"KVSTORE_PEER_ADDRESSES": json.dumps(self.peer_addresses(node))}
+
+    def spawn(self, data_dir: Path, cfg_path: Path, node: str, env: dict[str, str]) -> int:
+        from kvstore.cluster import procs
+
+        return procs.spawn(data_dir, cfg_path, node, extra_env=env)
 
     def link(self, src: str, dst: str) -> Link:
         return self.links[(src, dst)]
