@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import random
 import shutil
@@ -311,7 +312,7 @@ def _write_report(out: Path, history: History, verdict: checker.Verdict, lost: l
     out.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in result.to_json().items() if k not in ("check", "lost")}
     try:
-        from kvstore.drills import report
+        report: Any = importlib.import_module("kvstore.drills.report")
     except ImportError:
         p = out / "report.json"
         p.write_text(json.dumps({"meta": meta, "check": verdict.to_dict(), "availability": avail,

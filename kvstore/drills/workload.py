@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvstore.drills.history import History, OpKind, Outcome
-from kvstore.drills.respconn import Lost, NotSent, RespConn, RespError
 from kvstore.errors import KVError, LimitExceeded, TryAgain, Unavailable, Unknown, WrongCluster
 
 DEFAULT_MIX = {OpKind.READ: 0.4, OpKind.WRITE: 0.3, OpKind.SWAP: 0.15, OpKind.DELETE: 0.15}
@@ -59,40 +58,41 @@ def _text(v: Any) -> str | None:
 
 
 class RespSession:
-    """One client's RESP connection to one node."""
+    """One client's RESP connection to one node (the project's client, with retries off:
+    every attempt is its own recorded operation)."""
 
     transport = "resp"
 
     def __init__(self, target: Target, timeout: float) -> None:
+        from kvstore.local.client import Client, RetryPolicy
+
         self.target = target
-        self.conn = RespConn(target.socket, timeout=timeout)
+        self.client = Client(target.socket, timeout=timeout, retry=RetryPolicy(retries=0))
 
     def close(self) -> None:
-        self.conn.close()
+        self.client.close()
 
     def do(self, kind: OpKind, key: str, value: str | None) -> _Result:
-        if kind == OpKind.READ:
-            args: tuple[str, ...] = ("GET", key)
-        elif kind == OpKind.WRITE:
-            args = ("SET", key, value or "")
-        elif kind == OpKind.SWAP:
-            args = ("SET", key, value or "", "GET")
-        else:
-            args = ("DEL", key)
+        k = key.encode()
         try:
-            reply = self.conn.call(*args)
-        except NotSent as e:
-            return _Result(Outcome.FAILED, error=str(e), move=True)
-        except Lost as e:
-            return _Result(Outcome.UNKNOWN, error=str(e), move=True)
-        if isinstance(reply, RespError):
-            code = reply.code
-            if code in ("TRYAGAIN", "ERR", "WRONGTYPE", "NOPROTO"):
-                return _Result(Outcome.FAILED, error=str(reply))
-            return _Result(Outcome.UNKNOWN if kind != OpKind.READ else Outcome.FAILED, error=str(reply))
-        if kind == OpKind.READ or kind == OpKind.SWAP:
-            return _Result(Outcome.OK, result=_text(reply))
-        return _Result(Outcome.OK)
+            if kind == OpKind.READ:
+                return _Result(Outcome.OK, result=_text(self.client.get(k)))
+            if kind == OpKind.WRITE:
+                self.client.put(k, (value or "").encode())
+                return _Result(Outcome.OK)
+            if kind == OpKind.SWAP:
+                return _Result(Outcome.OK, result=_text(self.client.set(k, (value or "").encode(), get=True)))
+            self.client.delete(k)
+            return _Result(Outcome.OK)
+        except TryAgain as e:  # before Unavailable: its subclass
+            return _Result(Outcome.FAILED, error=f"TRYAGAIN {e}")
+        except Unknown as e:  # -UNKNOWN, or the connection broke after the request left
+            lost = "connection lost" in str(e)
+            return _Result(Outcome.UNKNOWN, error=f"UNKNOWN {e}", move=lost)
+        except Unavailable as e:  # nothing sent (cannot connect), or a read that broke
+            return _Result(Outcome.FAILED, error=f"unavailable: {e}", move=True)
+        except KVError as e:  # -ERR ...: refused, nothing applied
+            return _Result(Outcome.FAILED, error=f"{type(e).__name__}: {e}")
 
 
 class GrpcSession:
