@@ -27,10 +27,11 @@ from kvstore.errors import KVError, LimitExceeded, TryAgain, Unknown, WrongClust
 from kvstore.local.server import Limits, RespServer
 from kvstore.metrics import NodeMetrics
 from kvstore.raft import (
+    JOIN,
     ConfChange,
     ConfChangeType,
-    ConfState,
     Config,
+    ConfState,
     Entry,
     EntryType,
     NotLeader,
@@ -38,10 +39,10 @@ from kvstore.raft import (
     RaftCore,
     Ready,
 )
+from kvstore.readindex import ReadBarrier
 from kvstore.rpc import convert
 from kvstore.rpc.pb import raft_pb2 as pb
 from kvstore.rpc.pb import raft_pb2_grpc as pbg
-from kvstore.readindex import ReadBarrier
 from kvstore.rpc.server import start_grpc_server
 from kvstore.rpc.services import NOT_APPLIED
 from kvstore.rpc.transport import Transport, make_channel
@@ -108,11 +109,10 @@ class Node:
         self.snapshot_index = snap.index if snap else 0
         first, last = self.store.log_bounds()
         entries = [convert.entry_from_blob(i, b) for i, b in self.store.log_get(first, last + 1)] if last else []
-        conf_blob = self.store.meta_get("conf")
-        if conf_blob:
-            conf = convert.conf_from_pb(_parse_conf(conf_blob))
-        else:
-            conf = ConfState(voters=tuple(n.name for n in self.cfg.nodes if n.initial), learners=())
+        # Only a brand-new log uses this: founding members bootstrap with the initial voters,
+        # a node added later (initial = false) starts empty and learns the rest from the leader.
+        conf = ConfState(voters=tuple(n.name for n in self.cfg.nodes if n.initial), learners=()) \
+            if self.me.initial else JOIN
         r = self.cfg.raft
         rcfg = Config(id=self.name, election_tick=r.election_ticks, heartbeat_tick=r.heartbeat_ticks,
                       max_inflight=r.max_inflight, max_entries_per_msg=r.max_entries_per_msg,
@@ -126,7 +126,7 @@ class Node:
         self.cache = ShmCache.create(cache_name, size_bytes=self.cfg.cache.size_mb << 20,
                                      max_value=self.cfg.cache.max_value)
         log.info("%s: opened state: term %d, applied %d, log %d..%d, voters %s", self.name,
-                 hs.term if hs else 0, self.applied, first, last, ",".join(conf.voters))
+                 hs.term if hs else 0, self.applied, first, last, ",".join(self.core.conf_state.voters))
 
     async def start(self) -> None:
         self._open_state()
@@ -157,10 +157,10 @@ class Node:
 
     async def stop(self) -> None:
         log.info("%s: stopping (term %d)", self.name, self.core.term)
-        if self.core.role_name == "leader" and len(self.core.status()["voters"]) > 1:
+        if self.core.role.status_name == "leader" and len(self.core.conf_state.voters) > 1:
             try:
                 await asyncio.wait_for(self.transfer_leadership(None), 1.5)
-            except (Exception, asyncio.TimeoutError) as e:
+            except (TimeoutError, Exception) as e:
                 log.info("%s: leadership transfer before stop did not finish: %s", self.name, e)
         await self.resp.close()
         await self.grpc_server.stop(0.3)
@@ -308,7 +308,6 @@ class Node:
     def _apply_conf_change(self, e: Entry) -> None:
         cc = ConfChange.decode(e.data)
         conf = self.core.apply_conf_change(cc)
-        self.store.meta_set("conf", convert.conf_to_pb(conf).SerializeToString())
         self.store.apply(e.index, lambda view: None)
         self.applied = e.index
         log.info("%s: applied conf change %s %s at index %d: voters %s learners %s", self.name,
@@ -342,7 +341,7 @@ class Node:
 
     def _clients(self) -> int:
         resp = getattr(self, "resp", None)
-        return int(getattr(resp, "clients", 0) or 0) if resp is not None else 0
+        return int(resp.counters()["connected_clients"]) if resp is not None else 0
 
     def _unreachable(self, peer: str) -> None:
         self.core.report_unreachable(peer)
@@ -396,7 +395,7 @@ class Node:
         self._wake.set()
         try:
             return await asyncio.wait_for(fut, timeout or self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._waiters.pop(idx, None)
             raise Unknown(f"write at index {idx} not committed within {timeout or self.timeout:.1f}s") from None
 
@@ -408,12 +407,12 @@ class Node:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TryAgain("no leader could take the write in time")
-            if self.core.role_name == "leader":
+            if self.core.role.status_name == "leader":
                 try:
                     res, _ = await self.propose_as_leader(cmd, remaining)
                     return res
                 except TryAgain:
-                    if self.core.role_name == "leader":
+                    if self.core.role.status_name == "leader":
                         raise
                     continue  # lost leadership before proposing: forward instead
             leader = self.core.leader
@@ -429,7 +428,7 @@ class Node:
         self._leader_known.clear() if self.core.leader is None else None
         try:
             await asyncio.wait_for(self._leader_known.wait(), max(0.0, min(0.05, deadline - loop.time())))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _leader_stub(self, leader: str) -> pbg.RaftStub:
@@ -462,7 +461,7 @@ class Node:
             raise Unknown(f"forwarded write to {leader}: {code.name.lower()}: {details}") from None
         try:
             await self.wait_applied(resp.index, max(0.01, deadline - loop.time()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Unknown(f"committed at index {resp.index} but not yet applied here") from None
         return (sm.decode_result(resp.result),)
 
@@ -493,14 +492,13 @@ class Node:
     # ---- status and membership --------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        st = self.core.status()
         first, last = self.store.log_bounds()
         return {
-            "name": self.name, "cluster_id": self.cluster_id, "role": self.core.role_name,
+            "name": self.name, "cluster_id": self.cluster_id, "role": self.core.role.status_name,
             "term": self.core.term, "leader": self.core.leader, "commit_index": self.core.commit,
             "applied_index": self.applied, "last_index": self.core.last_index,
             "snapshot_index": self.snapshot_index, "log_length": (last - first + 1) if last else 0,
-            "voters": list(st["voters"]), "learners": list(st["learners"]),
+            "voters": list(self.core.conf_state.voters), "learners": list(self.core.conf_state.learners),
             "socket": str(self.socket_path), "grpc": self.me.grpc_address,
             "metrics": f"http://{self.me.host}:{self.me.metrics_port}/metrics" if self._metrics_server else "",
             "proposals_in_flight": len(self._waiters),
@@ -510,12 +508,12 @@ class Node:
         raise KVError("membership changes are not implemented yet")
 
     async def transfer_leadership(self, to: str | None) -> str | None:
-        if self.core.role_name != "leader":
+        if self.core.role.status_name != "leader":
             return self.core.leader
         st = self.core.status()
         if to is None:
             prog = st.get("progress", {})
-            cands = [v for v in st["voters"] if v != self.name]
+            cands = [v for v in self.core.conf_state.voters if v != self.name]
             if not cands:
                 return self.name
             to = max(cands, key=lambda v: prog.get(v, {}).get("match", 0))
@@ -524,7 +522,7 @@ class Node:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2.0
         while loop.time() < deadline:
-            if self.core.leader not in (None, self.name) and self.core.role_name != "leader":
+            if self.core.leader not in (None, self.name) and self.core.role.status_name != "leader":
                 return self.core.leader
             await asyncio.sleep(0.01)
         raise TryAgain(f"leadership transfer to {to} did not finish in time")
@@ -535,7 +533,3 @@ def _not_sent(details: str) -> bool:
     return "failed to connect" in d or "connection refused" in d or "trayagain" in d or "tryagain" in d
 
 
-def _parse_conf(blob: bytes) -> pb.ConfState:
-    c = pb.ConfState()
-    c.ParseFromString(blob)
-    return c

@@ -36,7 +36,7 @@ class ReadBarrier:
             self._start()
         try:
             await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TryAgain("could not confirm with a leader in time (no quorum?)") from None
 
     def _start(self) -> None:

@@ -50,13 +50,13 @@ def _register() -> None:
     for c in kv.COMMANDS:
         cli.add_command(c)
     try:
-        from kvstore.cli import drill
+        from kvstore.cli import drill  # type: ignore[attr-defined]
 
         cli.add_command(drill.drill)
     except ImportError:
         pass
     try:
-        from kvstore.cli import bench
+        from kvstore.cli import bench  # type: ignore[attr-defined]
 
         cli.add_command(bench.bench)
     except ImportError:

@@ -46,7 +46,7 @@ class GrpcClient:
         self.close()
 
     @staticmethod
-    def _consistency(linearizable: bool) -> int:
+    def _consistency(linearizable: bool) -> kvpb.Consistency:
         return kvpb.LINEARIZABLE if linearizable else kvpb.LOCAL
 
     def get(self, key: bytes, *, linearizable: bool = True) -> bytes | None:

@@ -122,7 +122,7 @@ class KVService(kvpbg.KVServicer):
         except KVError as e:
             await abort_for(context, e)
             raise
-        return kvpb.DeleteResponse(deleted=int(res or 0))
+        return kvpb.DeleteResponse(deleted=res if isinstance(res, int) else 0)
 
     async def Scan(self, request: kvpb.ScanRequest, context: grpc.aio.ServicerContext) -> kvpb.ScanResponse:
         limit = min(request.limit or 1000, 10_000)
