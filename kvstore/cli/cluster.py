@@ -19,13 +19,13 @@ console = Console()
 
 def render_status(st: dict[str, Any]) -> Table:
     t = Table(title=f"cluster {st.get('cluster_id', '')[:8]}  leader: {st['leader'] or '-'}", title_justify="left")
-    for col in ("node", "pid", "role", "term", "commit", "applied", "socket", "grpc"):
-        t.add_column(col, no_wrap=col not in ("socket",))
+    for col in ("node", "pid", "role", "term", "commit", "applied", "grpc", "socket"):
+        t.add_column(col, no_wrap=col != "socket", overflow="fold")
     for r in st["nodes"]:
         role = r["role"] + (" (paused)" if r.get("paused") else "")
         style = {"leader": "bold green", "down": "red", "starting": "yellow"}.get(r["role"], "")
         t.add_row(r["name"], str(r["pid"] or "-"), f"[{style}]{role}[/]" if style else role,
-                  _s(r["term"]), _s(r["commit_index"]), _s(r["applied_index"]), r["socket"], r["grpc"])
+                  _s(r["term"]), _s(r["commit_index"]), _s(r["applied_index"]), r["grpc"], r["socket"])
     return t
 
 
