@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kvstore.drills.faults import DrillCluster, FaultLog, Network
@@ -63,9 +63,14 @@ class DrillContext:
             return False
         return first or self.time_left() >= need
 
-    def fault(self, name: str, detail: str = "") -> contextlib.AbstractContextManager[None]:
-        self.say(f"{name} {detail}".strip())
-        return self.faults.window(name, detail)
+    @contextlib.contextmanager
+    def fault(self, name: str, detail: str = "") -> Iterator[None]:
+        label = f"{name} {detail}".strip()
+        self.say(label)
+        t0 = time.monotonic()
+        with self.faults.window(name, detail):
+            yield
+        self.say(f"{name} over after {time.monotonic() - t0:.1f}s")
 
     def leader(self, timeout: float = 10.0) -> str | None:
         ld = self.cluster.leader(timeout, self.stop)
@@ -202,7 +207,7 @@ def _repeat(one: Callable[[DrillContext], None], gap: Callable[[DrillContext], f
             ) -> Callable[[DrillContext], None]:
     def run(ctx: DrillContext) -> None:
         first = True
-        while ctx.more(first, ctx.hold + ctx.settle):
+        while ctx.more(first, ctx.hold):
             first = False
             one(ctx)
             ctx.sleep(gap(ctx) if gap else ctx.settle)
@@ -218,24 +223,24 @@ def _crash_restart_loop(ctx: DrillContext) -> None:
         ctx.sleep(ctx.rng.uniform(0.2, 0.8))
 
 
-MIXED_FAULTS: list[tuple[str, Callable[[DrillContext], None], bool]] = [
-    ("kill-leader", _kill_leader, False),
-    ("kill-follower", _kill_follower, False),
-    ("crash-restart", _crash_restart, False),
-    ("pause-leader", _pause_leader, False),
-    ("partition-leader", _partition_leader, True),
-    ("partition-halves", _partition_halves, True),
-    ("bridge", _bridge, True),
-    ("majorities-ring", _ring, True),
-    ("flaky-network", _flaky, True),
+MIXED_FAULTS: list[tuple[str, Callable[[DrillContext], None]]] = [
+    ("kill-leader", _kill_leader),
+    ("kill-follower", _kill_follower),
+    ("crash-restart", _crash_restart),
+    ("pause-leader", _pause_leader),
+    ("partition-leader", _partition_leader),
+    ("partition-halves", _partition_halves),
+    ("bridge", _bridge),
+    ("majorities-ring", _ring),
+    ("flaky-network", _flaky),
 ]
 
 
 def _mixed(ctx: DrillContext) -> None:
     first = True
-    while ctx.more(first, ctx.hold + ctx.settle):
+    while ctx.more(first, ctx.hold):
         first = False
-        _name, fn, _ = ctx.rng.choice(MIXED_FAULTS)
+        _name, fn = ctx.rng.choice(MIXED_FAULTS)
         fn(ctx)
         ctx.sleep(ctx.rng.uniform(0.5, 1.5) * ctx.settle)
 
