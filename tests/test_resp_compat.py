@@ -102,8 +102,12 @@ def test_dbsize_and_scan(r: redis.Redis) -> None:
                 break
         assert len(seen) == len(set(seen)) == 1200
         assert set(seen) == keys
-    assert sorted(r.scan_iter(match=f"{prefix}:0001?")) == sorted(f"{prefix}:{i:05d}".encode() for i in range(10, 20))
-    assert sorted(r.scan_iter(match=f"{prefix}:0000[1-3]")) == [f"{prefix}:{i:05d}".encode() for i in (1, 2, 3)]
+    assert sorted(r.scan_iter(match=f"{prefix}:0001?")) == sorted(
+        f"{prefix}:{i:05d}".encode() for i in range(10, 20)
+    )
+    assert sorted(r.scan_iter(match=f"{prefix}:0000[1-3]")) == [
+        f"{prefix}:{i:05d}".encode() for i in (1, 2, 3)
+    ]
     # A full scan without MATCH sees them too, and scans are resumable from any cursor.
     everything = set(r.scan_iter(count=500))
     assert keys <= everything

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -158,6 +159,33 @@ def _unlink_socket(path: str) -> None:
         pass
 
 
+# An array header of 1,000,000 elements or more (8 MB for hiredis to allocate at once).
+_SUSPECT = re.compile(rb"\*[1-9][0-9]{6}")
+
+
+def _first_bad_frame(data: bytes, pos: int, limits: Limits) -> tuple[int, str] | None:
+    """Offset and reason of the first request in data[pos:] whose headers break a limit."""
+    guard = FrameGuard(limits)
+    while pos < len(data):
+        try:
+            end = guard.feed(data, pos)
+        except FrameError as e:
+            return pos, str(e)
+        if end < 0:
+            return None
+        pos = end
+    return None
+
+
+class _Failure:
+    """Queued after the last good request of a connection that sent a bad frame."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self, msg: str) -> None:
+        self.msg = msg
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: RespServer, cid: int) -> None:
         self.server = server
@@ -169,7 +197,7 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.guard = FrameGuard(server.limits)
         self.carry = 0  # bytes of an incomplete request held by hiredis
-        self.queue: deque[list[bytes]] = deque()
+        self.queue: deque[Any] = deque()  # requests (lists of bytes), maybe a _Failure last
         self.queued_bytes = 0
         self.received = 0  # requests received so far
         self.covered = 0  # requests received before the last read barrier started
@@ -181,6 +209,8 @@ class _Connection(asyncio.Protocol):
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.ordered = bool(getattr(server.backend, "ordered_writes", False))
+        self.closing_after_queue = False  # the client half-closed
+        self.failed = False  # a protocol error is queued: read nothing more
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -221,6 +251,13 @@ class _Connection(asyncio.Protocol):
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what it sent, then close."""
+        self.closing_after_queue = True
+        if not self.running and not self.queue:
+            return False  # asyncio closes the transport
+        return True
+
     def pause_writing(self) -> None:
         self.write_paused = True
         self._update_reading()
@@ -232,70 +269,83 @@ class _Connection(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.failed:
             return
+        frames: list[Any] = []
+        try:
+            self._parse(data, frames)
+            failure = None
+        except FrameError as e:
+            failure = str(e)
+        q = self.queue
+        for f in frames:
+            if f:  # an empty array is not a request (Redis skips it too)
+                q.append(f)
+                self.received += 1
+        if failure is not None:
+            # Requests before the bad bytes are answered first, then the error, then close.
+            self.failed = True
+            q.append(_Failure(failure))
+            self.stop_reading()
+        self.queued_bytes += len(data)
+        if len(q) > self.limits.max_pipeline or self.queued_bytes > self.limits.max_queued_bytes:
+            self._update_reading()
+        if q and not self.running:
+            self._kick()
+
+    def _parse(self, data: bytes, frames: list[Any]) -> None:
+        """hiredis parses; we check that what it returns are requests, and the sizes."""
         reader = self.reader
         start = 0
         resolved = 0
         if self.carry:
             # An incomplete request is pending: check the rest of its headers before
             # hiredis sees them (a huge `*N` or `$N` would make it allocate or wait).
-            try:
-                end = self.guard.feed(data)
-            except FrameError as e:
-                return self._protocol_error(str(e))
+            end = self.guard.feed(data)
             if end < 0:
                 self.carry += len(data)
                 if self.carry > self.limits.max_request:
-                    return self._protocol_error("request too large")
+                    raise FrameError("request too large")
                 reader.feed(data)
                 return
             self.carry = 0
             start, resolved = end, 1
+        failure = None
+        if _SUSPECT.search(data, start):
+            # hiredis allocates an array as soon as it reads `*N`: walk these headers first.
+            bad = _first_bad_frame(data, start, self.limits)
+            if bad is not None:
+                pos, failure = bad
+                data = data[:pos]  # the requests before it are still answered
         reader.feed(data)
-        frames: list[Any] = []
         try:
             while (f := reader.gets()) is not False:
-                frames.append(f)
-        except hiredis.ProtocolError as e:
-            return self._protocol_error(str(e).removeprefix("Protocol error, "))
-        except MemoryError:
-            return self._protocol_error("request too large")
-        try:
-            if resolved and not frames:
-                raise FrameError("lost track of the request stream")
-            for f in frames:
                 if type(f) is not list or not all(type(x) is bytes for x in f):
                     raise FrameError("expected an array of bulk strings")
-            rest = len(data) - start
-            if rest:
-                # Is hiredis left holding part of a request? Count the bytes of the
-                # requests it returned; only when the read ends mid-request does the
-                # guard walk that request's headers.
-                used = sum(map(frame_size, frames[resolved:]))
-                if used != rest:
-                    if used > rest:
-                        raise FrameError("lost track of the request stream")
-                    self.carry = rest - used
-                    if self.carry > self.limits.max_request:
-                        raise FrameError("request too large")
-                    self.guard.reset()
-                    if self.guard.feed(data, len(data) - self.carry) >= 0:
-                        raise FrameError("lost track of the request stream")
-        except FrameError as e:
-            return self._protocol_error(str(e))
-        if not frames:
-            return
-        q = self.queue
-        for f in frames:
-            if f:  # an empty array is not a request (Redis skips it too)
-                q.append(f)
-                self.received += 1
-        self.queued_bytes += len(data)
-        if len(q) > self.limits.max_pipeline or self.queued_bytes > self.limits.max_queued_bytes:
-            self._update_reading()
-        if not self.running:
-            self._kick()
+                frames.append(f)
+        except hiredis.ProtocolError as e:
+            raise FrameError(str(e).removeprefix("Protocol error, ")) from None
+        except MemoryError:
+            raise FrameError("request too large") from None
+        if resolved and not frames:
+            raise FrameError("lost track of the request stream")
+        rest = len(data) - start
+        if rest:
+            # Is hiredis left holding part of a request? Count the bytes of the requests
+            # it returned; only when a read ends mid-request does the guard walk that
+            # request's headers.
+            used = sum(map(frame_size, frames[resolved:]))
+            if used != rest:
+                if used > rest:
+                    raise FrameError("lost track of the request stream")
+                self.carry = rest - used
+                if self.carry > self.limits.max_request:
+                    raise FrameError("request too large")
+                self.guard.reset()
+                if self.guard.feed(data, len(data) - self.carry) >= 0:
+                    raise FrameError("lost track of the request stream")
+        if failure is not None:
+            raise FrameError(failure)
 
     # -- request processing ------------------------------------------------------------
 
@@ -355,6 +405,9 @@ class _Connection(asyncio.Protocol):
         try:
             while q and not self.closing:
                 args = q.popleft()
+                if type(args) is _Failure:
+                    out.append(self._protocol_error(args.msg))
+                    break
                 seq = self.received - len(q)  # this request's number
                 stats["total_commands_processed"] += 1
                 try:
@@ -404,7 +457,7 @@ class _Connection(asyncio.Protocol):
                 self._flush(out)
             self.queued_bytes = 0
             self.running = False
-            if self.closing and self.transport is not None:
+            if (self.closing or self.closing_after_queue) and self.transport is not None:
                 self.transport.close()
             else:
                 self._update_reading()
@@ -483,14 +536,12 @@ class _Connection(asyncio.Protocol):
             t.resume_reading()
             self.read_paused = False
 
-    def _protocol_error(self, msg: str) -> None:
+    def _protocol_error(self, msg: str) -> bytes:
         self.server.stats["protocol_errors"] += 1
         log.info("connection %d: protocol error: %s", self.session.id, msg)
         self.closing = True
         self.queue.clear()
-        if self.transport is not None:
-            self.transport.write(resp.error(f"ERR Protocol error: {msg}"))
-            self.transport.close()
+        return resp.error(f"ERR Protocol error: {msg}")
 
     def stop_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing() and not self.read_paused:
