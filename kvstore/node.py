@@ -24,6 +24,7 @@ from kvstore import statemachine as sm
 from kvstore.cache import ShmCache
 from kvstore.config import ClusterConfig, NodeConfig
 from kvstore.errors import KVError, LimitExceeded, TryAgain, Unknown, WrongCluster
+from kvstore.forward import Forwarder
 from kvstore.local.server import Limits, RespServer
 from kvstore.metrics import NodeMetrics
 from kvstore.raft import (
@@ -41,10 +42,8 @@ from kvstore.raft import (
 )
 from kvstore.readindex import ReadBarrier
 from kvstore.rpc import convert
-from kvstore.rpc.pb import raft_pb2 as pb
 from kvstore.rpc.pb import raft_pb2_grpc as pbg
 from kvstore.rpc.server import start_grpc_server
-from kvstore.rpc.services import NOT_APPLIED
 from kvstore.rpc.transport import Transport, make_channel
 from kvstore.storage import Store
 
@@ -135,6 +134,7 @@ class Node:
                                    max_message=self.cfg.limits.grpc_max_message,
                                    credentials=self._channel_credentials())
         self.reads = ReadBarrier(self)
+        self.forwarder = Forwarder(self)
         self.metrics = NodeMetrics(self.name)
         self.metrics.watch(self.status, self.cache.stats, lambda: self._clients())
         if self.me.metrics_port:
@@ -167,6 +167,7 @@ class Node:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.forwarder.close()
         await self.transport.close()
         for ch, _ in self._leader_stubs.values():
             await ch.close(grace=None)
@@ -399,39 +400,35 @@ class Node:
             self._waiters.pop(idx, None)
             raise Unknown(f"write at index {idx} not committed within {timeout or self.timeout:.1f}s") from None
 
+    # Writes apply in the order of write() calls: the leader proposes (and a follower
+    # enqueues for forwarding) before the first await, so the RESP server may keep a
+    # connection's pipelined writes in flight together and they share a commit.
+    ordered_writes = True
+
     async def write(self, cmd: sm.Command) -> sm.Result:
         self._validate(cmd)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TryAgain("no leader could take the write in time")
-            if self.core.role.status_name == "leader":
-                try:
-                    res, _ = await self.propose_as_leader(cmd, remaining)
-                    return res
-                except TryAgain:
-                    if self.core.role.status_name == "leader":
-                        raise
-                    continue  # lost leadership before proposing: forward instead
-            leader = self.core.leader
-            if leader is None or leader == self.name:
-                await self._wait_for_leader(deadline)
-                continue
-            res2 = await self._forward(leader, cmd, deadline)
-            if res2 is not None:
-                return res2[0]
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        if self.core.is_leader:
+            try:
+                res, _ = await self.propose_as_leader(cmd, self.timeout)
+                return res
+            except TryAgain:
+                if self.core.is_leader:
+                    raise
+                # lost leadership before proposing: forward instead
+        return await self.forwarder.submit(cmd, deadline)
 
-    async def _wait_for_leader(self, deadline: float) -> None:
+    async def wait_for_leader(self, deadline: float) -> None:
+        """Wait (briefly, at most until deadline) for a leader to be known."""
         loop = asyncio.get_running_loop()
-        self._leader_known.clear() if self.core.leader is None else None
+        if self.core.leader is None:
+            self._leader_known.clear()
         try:
             await asyncio.wait_for(self._leader_known.wait(), max(0.0, min(0.05, deadline - loop.time())))
         except TimeoutError:
             pass
 
-    def _leader_stub(self, leader: str) -> pbg.RaftStub:
+    def leader_stub(self, leader: str) -> pbg.RaftStub:
         ent = self._leader_stubs.get(leader)
         if ent is None:
             addr = self._address_of(leader)
@@ -440,30 +437,6 @@ class Node:
             ch = make_channel(addr, self.cfg.limits.grpc_max_message, self._channel_credentials(), leader)
             ent = self._leader_stubs[leader] = (ch, pbg.RaftStub(ch))
         return ent[1]
-
-    async def _forward(self, leader: str, cmd: sm.Command,
-                       deadline: float) -> tuple[sm.Result] | None:
-        """Forward a write to the leader; None means 'nothing applied, try again'."""
-        loop = asyncio.get_running_loop()
-        try:
-            resp = await self._leader_stub(leader).Propose(
-                pb.ProposeRequest(cluster_id=self.cluster_id, command=sm.encode(cmd)),
-                timeout=max(0.01, deadline - loop.time()))
-        except grpc.aio.AioRpcError as e:
-            code, details = e.code(), e.details() or ""
-            if code == NOT_APPLIED or (code == grpc.StatusCode.UNAVAILABLE and _not_sent(details)):
-                await asyncio.sleep(0.02)
-                return None
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise LimitExceeded(details) from None
-            if code == grpc.StatusCode.FAILED_PRECONDITION:
-                raise WrongCluster(details) from None
-            raise Unknown(f"forwarded write to {leader}: {code.name.lower()}: {details}") from None
-        try:
-            await self.wait_applied(resp.index, max(0.01, deadline - loop.time()))
-        except TimeoutError:
-            raise Unknown(f"committed at index {resp.index} but not yet applied here") from None
-        return (sm.decode_result(resp.result),)
 
     # ---- reads (Backend) --------------------------------------------------------------
 
@@ -526,10 +499,3 @@ class Node:
                 return self.core.leader
             await asyncio.sleep(0.01)
         raise TryAgain(f"leadership transfer to {to} did not finish in time")
-
-
-def _not_sent(details: str) -> bool:
-    d = details.lower()
-    return "failed to connect" in d or "connection refused" in d or "trayagain" in d or "tryagain" in d
-
-

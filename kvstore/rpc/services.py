@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -18,10 +19,6 @@ from kvstore.rpc.pb import raft_pb2_grpc as pbg
 
 if TYPE_CHECKING:
     from kvstore.node import Node
-
-# A forwarded write that the leader refused before doing anything: the follower may retry.
-NOT_APPLIED = grpc.StatusCode.ABORTED
-
 
 async def abort_for(context: grpc.aio.ServicerContext, e: Exception) -> None:
     if isinstance(e, TryAgain):
@@ -70,24 +67,32 @@ class RaftService(pbg.RaftServicer):
         return pb.SnapshotAck()
 
     async def Propose(self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext) -> pb.ProposeResponse:
+        """Forwarded writes: proposed in order, each answered once applied here."""
         await self._check(request.cluster_id, context)
-        try:
-            cmd = sm.decode(request.command)
-        except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed command: {e}")
-            raise
-        if cmd is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty command")
-            raise AssertionError
-        try:
-            res, index = await self.node.propose_as_leader(cmd)
-        except TryAgain as e:
-            await context.abort(NOT_APPLIED, str(e))
-            raise
-        except Exception as e:
-            await abort_for(context, e)
-            raise
-        return pb.ProposeResponse(result=sm.encode_result(res), index=index)
+        cmds: list[sm.Command] = []
+        for raw in request.commands:
+            try:
+                cmd = sm.decode(raw)
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed command: {e}")
+                raise
+            if cmd is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty command")
+                raise AssertionError
+            cmds.append(cmd)
+        # Propose all of them now, in order (propose_as_leader proposes before its first await).
+        tasks = [asyncio.ensure_future(self.node.propose_as_leader(c)) for c in cmds]
+        results = []
+        for t in tasks:
+            try:
+                res, index = await t
+                results.append(pb.ProposeResult(status=pb.ProposeResult.APPLIED, result=sm.encode_result(res),
+                                                index=index))
+            except TryAgain as e:
+                results.append(pb.ProposeResult(status=pb.ProposeResult.NOT_APPLIED, error=str(e)))
+            except Exception as e:
+                results.append(pb.ProposeResult(status=pb.ProposeResult.UNKNOWN, error=str(e)))
+        return pb.ProposeResponse(results=results)
 
 
 class KVService(kvpbg.KVServicer):

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -125,17 +126,35 @@ class SnapshotAck(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., received: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("cluster_id", "command")
+    __slots__ = ("cluster_id", "commands")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
-    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
-    command: bytes
-    def __init__(self, cluster_id: _Optional[str] = ..., command: _Optional[bytes] = ...) -> None: ...
+    commands: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, cluster_id: _Optional[str] = ..., commands: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
-class ProposeResponse(_message.Message):
-    __slots__ = ("result", "index")
+class ProposeResult(_message.Message):
+    __slots__ = ("status", "result", "index", "error")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        APPLIED: _ClassVar[ProposeResult.Status]
+        NOT_APPLIED: _ClassVar[ProposeResult.Status]
+        UNKNOWN: _ClassVar[ProposeResult.Status]
+    APPLIED: ProposeResult.Status
+    NOT_APPLIED: ProposeResult.Status
+    UNKNOWN: ProposeResult.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    status: ProposeResult.Status
     result: bytes
     index: int
-    def __init__(self, result: _Optional[bytes] = ..., index: _Optional[int] = ...) -> None: ...
+    error: str
+    def __init__(self, status: _Optional[_Union[ProposeResult.Status, str]] = ..., result: _Optional[bytes] = ..., index: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ProposeResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ProposeResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ProposeResult, _Mapping]]] = ...) -> None: ...
