@@ -1,0 +1,434 @@
+"""Deterministic simulation of whole Raft clusters (TigerBeetle/FoundationDB style).
+
+One seed drives everything: the network (drops, delays, reordering, duplicates,
+partitions of every shape), crashes and restarts from durable state, clients (proposals,
+linearizable reads), membership changes, compaction and snapshot catch-up. The checks of
+kvstore.raft.simcheck run after every event; at the end the network heals and the cluster
+must elect a leader and commit again (liveness). Replay any seed with
+`scripts/raft_sim.py --seed N --nodes 3|5 -v`.
+
+The simulated shell follows the Ready contract to the letter: it persists a Ready's
+snapshot, entries and hard state, then sends its messages, then applies, then calls
+advance(). A crash loses everything but what was persisted (the state machine is durable
+with its applied index, like LMDB). A crash may also hit between persisting and sending.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TextIO
+
+from .core import Config, NotLeader, ProposalDropped, RaftCore
+from .simcheck import Checker, Violation
+from .types import (
+    JOIN,
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MsgType,
+    Ready,
+    SnapshotMeta,
+)
+
+STEPS_PER_TICK = 4  # network time resolution: a message takes 1..max_delay steps
+
+
+class SimNode:
+    """One node: its durable "disk" and state machine, and its core while it is up."""
+
+    def __init__(self, node_id: str, boot_conf: ConfState, cfg: Config) -> None:
+        self.id = node_id
+        self.boot_conf = boot_conf
+        self.cfg = cfg
+        self.core: RaftCore | None = None
+        self.retired = False  # removed from the cluster and shut down for good
+        # durable state
+        self.hard_state: HardState | None = None
+        self.snapshot: SnapshotMeta | None = None
+        self.snap_state = 0  # state hash at the snapshot index
+        self.entries: list[Entry] = []  # entries after the snapshot
+        self.applied = 0
+        self.state = 0  # running hash of every applied entry: the "state machine"
+        # bookkeeping for the checks
+        self.incoming: dict[tuple[int, int], tuple[int, int]] = {}  # snapshot data received
+        self.lead_term = 0
+        self.lead_last = (0, 0)
+        self.commit_seen = 0
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+
+@dataclass(slots=True)
+class _Flight:
+    msg: Message
+    payload: tuple[int, int] | None  # snapshot data travelling with a SNAPSHOT message
+    lost: bool
+
+
+class Cluster:
+    """A simulated cluster. Tests script it (partition, crash, propose...) or let
+    `run_seed` drive it with chaos. Every invariant is checked as it runs."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        cfg: Config | None = None,
+        verbose: int = 0,
+        out: TextIO | None = None,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.verbose = verbose
+        self.out = out or sys.stdout
+        self.base_cfg = cfg or Config(id="")
+        self.now = 0
+        self.flights: list[tuple[int, int, _Flight]] = []  # (delivery step, seq, flight)
+        self.dirty: dict[str, SimNode] = {}  # nodes that may have a Ready
+        self.seq = 0
+        self.drop = 0.0
+        self.dup = 0.0
+        self.max_delay = 1
+        self.blocked: set[tuple[str, str]] = set()
+        # scripted tests: deliver filter(m) instead of m (None: drop it)
+        self.filter: Callable[[Message], Message | None] | None = None
+        self.check = Checker()
+        self.nodes: dict[str, SimNode] = {}
+        self.next_id = n + 1
+        self.crash_mid_ready = 0.0  # chance that a node crashes after persisting a Ready, before sending
+        self.crash_new_leader = 0.0  # ... the first Ready of a new leader (its no-op never leaves)
+        self.proposals = 0
+        conf = ConfState(tuple(f"n{i}" for i in range(1, n + 1)))
+        for v in conf.voters:
+            self.add_node(v, conf)
+
+    # ---------------------------------------------------------------- membership of the sim
+
+    def add_node(self, node_id: str, boot_conf: ConfState = JOIN) -> SimNode:
+        node = SimNode(node_id, boot_conf, replace(self.base_cfg, id=node_id))
+        self.nodes[node_id] = node
+        self.start(node_id)
+        return node
+
+    def new_node_id(self) -> str:
+        nid = f"n{self.next_id}"
+        self.next_id += 1
+        return nid
+
+    def core(self, node_id: str) -> RaftCore:
+        c = self.nodes[node_id].core
+        assert c is not None, f"{node_id} is down"
+        return c
+
+    def up_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if n.core is not None]
+
+    def leader(self) -> str | None:
+        """The up node that leads the highest term, if any."""
+        best = None
+        for n in self.up_nodes():
+            assert n.core is not None
+            if n.core.is_leader and (best is None or n.core.term > self.core(best).term):
+                best = n.id
+        return best
+
+    def start(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        if node.core is not None or node.retired:
+            return
+        node.core = RaftCore(
+            node.cfg,
+            conf=node.boot_conf,
+            hard_state=None if node.hard_state is None else replace(node.hard_state),
+            entries=list(node.entries),
+            snapshot=node.snapshot,
+            applied=node.applied,
+            rng=random.Random(self.rng.getrandbits(32)),
+        )
+        node.commit_seen = node.hard_state.commit if node.hard_state else 0
+        node.lead_term = 0
+        self._after_input(node)
+        self._log(1, f"{node_id} starts: term={node.core.term} last={node.core.last_index} applied={node.applied}")
+
+    def crash(self, node_id: str, *, drop_sent: bool = False) -> None:
+        """Stop a node; with drop_sent, the messages it sent that are still in flight die too."""
+        node = self.nodes[node_id]
+        if drop_sent:
+            for _, _, f in self.flights:
+                if f.msg.src == node_id:
+                    f.lost = True
+        if node.core is not None:
+            self._log(1, f"{node_id} crashes")
+        node.core = None
+        node.incoming.clear()
+
+    def retire(self, node_id: str) -> None:
+        self.crash(node_id)
+        self.nodes[node_id].retired = True
+
+    # ---------------------------------------------------------------- network
+
+    def partition(self, *groups: list[str]) -> None:
+        """Only nodes in the same group can talk (nodes in no group talk to no one)."""
+        side = {n: k for k, g in enumerate(groups) for n in g}
+        ids = list(self.nodes)
+        self.blocked = {(a, b) for a in ids for b in ids if a != b and (side.get(a, -1) != side.get(b, -2))}
+        self._log(1, f"partition {groups}")
+
+    def isolate(self, node_id: str) -> None:
+        self.blocked = {(a, b) for a in self.nodes for b in self.nodes if a != b and node_id in (a, b)}
+        self._log(1, f"isolate {node_id}")
+
+    def cut(self, pairs: set[tuple[str, str]]) -> None:
+        """Block exactly these directed links."""
+        self.blocked = set(pairs)
+        self._log(1, f"cut {sorted(pairs)}")
+
+    def heal(self) -> None:
+        self.blocked = set()
+        self._log(1, "heal")
+
+    def _send(self, src: SimNode, m: Message) -> None:
+        payload = None
+        if m.type == MsgType.SNAPSHOT:
+            assert m.snapshot is not None and src.snapshot is not None
+            assert src.snapshot.index == m.snapshot.index, "leader sent a snapshot it does not have"
+            payload = (m.snapshot.index, src.snap_state)
+        copies = 2 if self.dup and self.rng.random() < self.dup else 1
+        for _ in range(copies):
+            self.seq += 1
+            lost = bool(self.drop) and self.rng.random() < self.drop
+            at = self.now + self.rng.randint(1, self.max_delay)
+            heapq.heappush(self.flights, (at, self.seq, _Flight(m, payload, lost)))
+
+    def _deliver_due(self) -> None:
+        while self.flights and self.flights[0][0] <= self.now:
+            f = heapq.heappop(self.flights)[2]
+            m = f.msg
+            dst = self.nodes.get(m.dst)
+            ok = not f.lost and dst is not None and dst.core is not None and (m.src, m.dst) not in self.blocked
+            if ok and self.filter is not None:
+                fm = self.filter(m)
+                ok = fm is not None
+                m = fm or m
+            if self.verbose >= 2:
+                self._log(2, f"{'deliver' if ok else 'lose'} {fmt(m)}")
+            if ok:
+                assert dst is not None and dst.core is not None
+                if f.payload is not None:
+                    dst.incoming[f.payload[0], m.snapshot.term if m.snapshot else 0] = f.payload
+                dst.core.step(m)
+                self._after_input(dst)
+            if m.type == MsgType.SNAPSHOT:
+                sender = self.nodes.get(m.src)
+                if sender is not None and sender.core is not None:
+                    sender.core.report_snapshot(m.dst, ok)
+                    self._after_input(sender)
+
+    # ---------------------------------------------------------------- time
+
+    def tick(self) -> None:
+        """One tick of every up node, then the network runs for a tick."""
+        for node in self.up_nodes():
+            assert node.core is not None
+            node.core.tick()
+            self._after_input(node)
+        self.process_readies()
+        for _ in range(STEPS_PER_TICK):
+            self.now += 1
+            self._deliver_due()
+            self.process_readies()
+
+    def run(self, ticks: int) -> None:
+        for _ in range(ticks):
+            self.tick()
+
+    def run_until(self, pred: Callable[[], bool], max_ticks: int = 200) -> bool:
+        for _ in range(max_ticks):
+            if pred():
+                return True
+            self.tick()
+        return pred()
+
+    def elect(self, max_ticks: int = 200) -> str:
+        """Run until some node leads; returns it."""
+        assert self.run_until(lambda: self.leader() is not None, max_ticks), "no leader elected"
+        lead = self.leader()
+        assert lead is not None
+        return lead
+
+    # ---------------------------------------------------------------- clients
+
+    def propose(self, node_id: str, data: bytes) -> int | None:
+        """Propose on `node_id`; None when it is not the leader or refuses."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return None
+        try:
+            index = node.core.propose(data)
+        except (NotLeader, ProposalDropped):
+            return None
+        self.proposals += 1
+        self._log(1, f"{node_id} proposes {data!r} at {index}")
+        self._after_input(node)
+        return index
+
+    def read(self, node_id: str, ctx: bytes) -> bool:
+        node = self.nodes[node_id]
+        if node.core is None:
+            return False
+        self.check.on_read_request(ctx)
+        try:
+            node.core.read_index(ctx)
+        except NotLeader:
+            return False
+        self._log(1, f"{node_id} read_index {ctx!r} (committed so far: {self.check.max_committed})")
+        self._after_input(node)
+        return True
+
+    def transfer(self, node_id: str, target: str) -> bool:
+        node = self.nodes[node_id]
+        if node.core is None:
+            return False
+        try:
+            node.core.transfer_leader(target)
+        except (NotLeader, ValueError):
+            return False
+        self._log(1, f"{node_id} transfers leadership to {target}")
+        self._after_input(node)
+        return True
+
+    def conf_change(self, node_id: str, cc: ConfChange) -> int | None:
+        node = self.nodes[node_id]
+        if node.core is None:
+            return None
+        try:
+            index = node.core.propose_conf_change(cc)
+        except (NotLeader, ProposalDropped, ValueError):
+            return None
+        self._log(1, f"{node_id} proposes {cc.type.name} {cc.node} at {index}")
+        self._after_input(node)
+        return index
+
+    def compact(self, node_id: str) -> bool:
+        node = self.nodes[node_id]
+        c = node.core
+        if c is None or node.applied <= c.snapshot_meta.index:
+            return False
+        term = c.log.term(node.applied)
+        assert term is not None
+        meta = c.compact(node.applied, term)
+        node.snapshot, node.snap_state = meta, node.state
+        del node.entries[: meta.index - (node.entries[0].index - 1 if node.entries else meta.index)]
+        self._log(1, f"{node_id} compacts up to {meta.index}")
+        return True
+
+    # ---------------------------------------------------------------- the shell
+
+    def _after_input(self, node: SimNode) -> None:
+        self.dirty[node.id] = node
+        c = node.core
+        if c is not None and c.is_leader:
+            if node.lead_term != c.term:
+                node.lead_term = c.term
+                self._log(1, f"{node.id} becomes leader of term {c.term} (last {c.last_index})")
+                self.check.on_leader(node.id, c)
+            else:
+                self.check.on_leader_log(node.id, c, *node.lead_last)
+            node.lead_last = (c.last_index, c.log.last_term())
+
+    def process_readies(self) -> None:
+        dirty, self.dirty = self.dirty, {}
+        for node in dirty.values():
+            c = node.core
+            if c is not None and c.has_ready():
+                self._handle_ready(node, c, c.ready())
+
+    def _handle_ready(self, node: SimNode, c: RaftCore, rd: Ready) -> None:
+        chk = self.check
+        # 1. persist: snapshot, entries, hard state
+        if rd.snapshot is not None:
+            s = rd.snapshot
+            data = node.incoming.pop((s.index, s.term), None)
+            if data is None:
+                raise Violation(f"{node.id}: Ready.snapshot {s.index} was never received")
+            chk.on_install(node.id, s.index, data[1])
+            node.snapshot, node.snap_state, node.entries = s, data[1], []
+            node.applied, node.state = s.index, data[1]
+            self._log(1, f"{node.id} installs snapshot {s.index}/{s.term}")
+        if rd.entries:
+            chk.on_persist(node.id, c, rd.entries)
+            base = (node.snapshot.index if node.snapshot else 0) + 1
+            first = rd.entries[0].index
+            if first - base > len(node.entries) or first < base:
+                raise Violation(f"{node.id}: Ready entries at {first} do not follow the log ({base}+{len(node.entries)})")
+            del node.entries[first - base :]
+            node.entries.extend(rd.entries)
+        if rd.hard_state is not None:
+            hs = rd.hard_state
+            if node.hard_state is not None and (hs.term, hs.vote) != (node.hard_state.term, node.hard_state.vote):
+                if hs.term < node.hard_state.term or (
+                    hs.term == node.hard_state.term and node.hard_state.vote not in (None, hs.vote)
+                ):
+                    raise Violation(f"{node.id}: hard state went back from {node.hard_state} to {hs}")
+            node.hard_state = hs
+            if hs.commit > node.commit_seen:
+                chk.on_commit(node.id, c, node.commit_seen, hs.commit)
+                node.commit_seen = hs.commit
+        p = self.crash_mid_ready
+        if rd.soft_state is not None and rd.soft_state.role.value == "leader":
+            p = max(p, self.crash_new_leader)
+        if p and self.rng.random() < p:
+            self.crash(node.id)  # persisted, but nothing sent or applied
+            return
+        # 2. send
+        for m in rd.messages:
+            self._send(node, m)
+        # 3. apply
+        for e in rd.committed_entries:
+            if e.index != node.applied + 1:
+                raise Violation(f"{node.id} applies {e.index} after {node.applied}")
+            node.state = zlib.crc32(b"%d:%d:%d:" % (e.index, e.term, e.type) + e.data, node.state)
+            node.applied = e.index
+            chk.on_apply(node.id, e.index, e.term, node.state)
+            if e.type == EntryType.CONF_CHANGE:
+                c.apply_conf_change(ConfChange.decode(e.data))
+        for rs in rd.read_states:
+            chk.on_read_state(node.id, rs)
+            self._log(1, f"{node.id} read state {rs.context!r} at {rs.index}")
+        if rd.soft_state is not None:
+            self._log(1, f"{node.id} is {rd.soft_state.role.value} (leader {rd.soft_state.leader}, term {c.term})")
+        c.advance(rd)
+
+    def _log(self, level: int, text: str) -> None:
+        if self.verbose >= level:
+            print(f"[{self.now / STEPS_PER_TICK:8.2f}] {text}", file=self.out)
+
+
+def fmt(m: Message) -> str:
+    s = f"{m.src}->{m.dst} {m.type.name} t={m.term}"
+    if m.type in (MsgType.APPEND, MsgType.VOTE, MsgType.PREVOTE):
+        s += f" idx={m.index} lt={m.log_term}"
+    if m.entries:
+        s += f" ents={m.entries[0].index}..{m.entries[-1].index}"
+    if m.type in (MsgType.APPEND, MsgType.HEARTBEAT):
+        s += f" commit={m.commit}"
+    if m.type in (MsgType.APPEND_RESP, MsgType.READ_INDEX_RESP):
+        s += f" idx={m.index}"
+    if m.reject:
+        s += f" REJECT hint={m.reject_hint} hint_term={m.log_term}"
+    if m.context:
+        s += f" ctx={m.context!r}"
+    if m.snapshot:
+        s += f" snap={m.snapshot.index}/{m.snapshot.term}"
+    return s

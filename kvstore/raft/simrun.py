@@ -1,0 +1,230 @@
+"""One seed of chaos: a randomized scenario run against a simulated cluster.
+
+`run_seed(seed, nodes)` derives everything from the seed (network faults, timing knobs,
+the schedule of partitions, crashes, client requests, membership changes, compaction),
+checks every safety property as it goes, then heals the network and checks liveness.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import TextIO
+
+from .core import Config
+from .sim import Cluster
+from .simcheck import Violation
+from .types import ConfChange, ConfChangeType
+
+
+@dataclass
+class SimResult:
+    seed: int
+    nodes: int
+    ok: bool
+    error: str = ""
+    ticks: int = 0
+    elections: int = 0
+    max_committed: int = 0
+    reads_served: int = 0
+    proposals: int = 0
+    seconds: float = 0.0
+
+    def replay(self) -> str:
+        return f".venv/bin/python scripts/raft_sim.py --seed {self.seed} --nodes {self.nodes} -v"
+
+
+def _partition(cl: Cluster, rng: random.Random) -> None:
+    ids = [n.id for n in cl.nodes.values() if not n.retired]
+    kind = rng.choice(["heal", "heal", "split", "isolate_leader", "bridge", "ring", "oneway"])
+    if kind == "heal":
+        cl.heal()
+    elif kind == "split":
+        rng.shuffle(ids)
+        k = rng.randint(1, len(ids) - 1)
+        cl.partition(ids[:k], ids[k:])
+    elif kind == "isolate_leader":
+        lead = cl.leader() or rng.choice(ids)
+        cl.isolate(lead)
+    elif kind == "bridge" and len(ids) >= 3:
+        # two sides that cannot talk, and one node that talks to both
+        rng.shuffle(ids)
+        bridge, rest = ids[0], ids[1:]
+        k = rng.randint(1, len(rest) - 1)
+        a, b = set(rest[:k]), set(rest[k:])
+        cl.cut({(x, y) for x in ids for y in ids if (x in a and y in b) or (x in b and y in a)})
+        cl._log(1, f"bridge {bridge} between {sorted(a)} and {sorted(b)}")
+    elif kind == "ring":
+        # nodes on a ring, each sees its nearest neighbours: every node sees a majority,
+        # but a different one
+        rng.shuffle(ids)
+        n = len(ids)
+        reach = max(1, -(-(n // 2) // 2))
+        cut = set()
+        for i, x in enumerate(ids):
+            for j, y in enumerate(ids):
+                d = min((i - j) % n, (j - i) % n)
+                if d > reach:
+                    cut.add((x, y))
+        cl.cut(cut)
+    else:  # one-way link failures
+        cl.cut({(x, y) for x in ids for y in ids if x != y and rng.random() < 0.3})
+
+
+def _conf_change(cl: Cluster, rng: random.Random, nodes: int) -> None:
+    lead = cl.leader()
+    if lead is None:
+        return
+    conf = cl.core(lead).conf_state
+    voters, learners = list(conf.voters), list(conf.learners)
+    choice = rng.random()
+    if learners and (choice < 0.6 or len(voters) >= nodes + 1):
+        if len(voters) < nodes + 1:
+            cl.conf_change(lead, ConfChange(ConfChangeType.PROMOTE, rng.choice(learners)))
+        else:
+            cl.conf_change(lead, ConfChange(ConfChangeType.REMOVE, rng.choice(learners)))
+    elif choice < 0.5 and len(voters) < nodes + 1:
+        nid = cl.new_node_id()
+        if cl.conf_change(lead, ConfChange(ConfChangeType.ADD_LEARNER, nid)) is not None:
+            cl.add_node(nid)
+    elif len(voters) > max(2, nodes - 1):
+        cl.conf_change(lead, ConfChange(ConfChangeType.REMOVE, rng.choice(voters)))
+
+
+def _retire_removed(cl: Cluster) -> None:
+    """The operator shuts down nodes whose removal is committed."""
+    lead = cl.leader()
+    if lead is None:
+        return
+    c = cl.core(lead)
+    if c.log.last_conf_index > c.commit:
+        return
+    members = c.conf_state.members()
+    for n in list(cl.nodes.values()):
+        if not n.retired and n.id not in members and n.id != lead:
+            # only nodes that were members once (joiners not yet added have no log)
+            if n.snapshot is not None or n.entries:
+                cl.retire(n.id)
+
+
+def chaos(cl: Cluster, rng: random.Random, ticks: int, nodes: int) -> None:
+    next_partition = rng.randint(5, 40)
+    crash_rate = rng.choice([0.0, 0.005, 0.01, 0.02])
+    restart_rate = rng.choice([0.05, 0.1, 0.3])
+    propose_rate = rng.choice([0.3, 0.6, 0.9])
+    conf_rate = rng.choice([0.0, 0.01, 0.03])
+    compact_rate = rng.choice([0.0, 0.02, 0.08])
+    read_rate = rng.choice([0.05, 0.2])
+    transfer_rate = rng.choice([0.0, 0.01])
+    leader_crash_rate = rng.choice([0.0, 0.02, 0.05])
+    reads = 0
+    for t in range(ticks):
+        if t >= next_partition:
+            _partition(cl, rng)
+            next_partition = t + rng.randint(5, 40)
+        live = [n.id for n in cl.nodes.values() if n.up]
+        lead = cl.leader()
+        if live and rng.random() < propose_rate:
+            target = lead if lead is not None and rng.random() < 0.8 else rng.choice(live)
+            for _ in range(rng.randint(1, 4)):
+                cl.propose(target, b"v%d" % cl.proposals)
+        if live and rng.random() < read_rate:
+            reads += 1
+            cl.read(rng.choice(live), b"r%d" % reads)
+        if live and rng.random() < crash_rate:
+            cl.crash(rng.choice(live))
+        if lead is not None and rng.random() < leader_crash_rate:
+            cl.crash(lead)
+            lead = None
+        for n in cl.nodes.values():
+            if not n.up and not n.retired and rng.random() < restart_rate:
+                cl.start(n.id)
+        if rng.random() < conf_rate:
+            _conf_change(cl, rng, nodes)
+            _retire_removed(cl)
+        if live and rng.random() < compact_rate:
+            cl.compact(rng.choice(live))
+        lead = cl.leader()
+        if lead is not None and rng.random() < transfer_rate:
+            others = [v for v in cl.core(lead).conf_state.voters if v != lead]
+            if others:
+                cl.transfer(lead, rng.choice(others))
+        cl.tick()
+
+
+def check_liveness(cl: Cluster, max_ticks: int) -> int:
+    """Heal everything, then the cluster must elect a leader, commit a new entry and have
+    every voter apply it. Returns the ticks it took."""
+    cl.heal()
+    cl.drop = cl.dup = 0.0
+    cl.max_delay = 2
+    cl.crash_mid_ready = cl.crash_new_leader = 0.0
+    for n in cl.nodes.values():
+        cl.start(n.id)
+    probe: tuple[str, int, int] | None = None
+    for t in range(max_ticks):
+        cl.tick()
+        lead = cl.leader()
+        if lead is None:
+            continue
+        c = cl.core(lead)
+        if probe is None or probe[:2] != (lead, c.term):
+            index = cl.propose(lead, b"probe")
+            probe = None if index is None else (lead, c.term, index)
+            continue
+        index = probe[2]
+        voters = [cl.nodes[v] for v in c.conf_state.voters if v in cl.nodes]
+        if c.commit >= index and all(v.applied >= index for v in voters):
+            return t
+    states = {n.id: (n.core.status() if n.core else "down") for n in cl.nodes.values() if not n.retired}
+    raise Violation(f"liveness: no leader committed a new entry within {max_ticks} ticks after healing: {states}")
+
+
+def run_seed(
+    seed: int,
+    nodes: int = 3,
+    *,
+    ticks: int = 150,
+    cfg: Config | None = None,
+    verbose: int = 0,
+    out: TextIO | None = None,
+) -> SimResult:
+    started = time.perf_counter()
+    rng = random.Random(f"raft-sim:{nodes}:{seed}")
+    base = cfg or Config(id="")
+    base = replace(
+        base,
+        election_tick=10,
+        heartbeat_tick=rng.choice([1, 2, 3]),
+        pre_vote=rng.random() < 0.9,
+        check_quorum=rng.random() < 0.9,
+        max_inflight=rng.choice([1, 2, 4, 64]),
+        max_entries_per_msg=rng.choice([1, 2, 3, 8, 512]),
+        max_bytes_per_msg=rng.choice([1, 1 << 20]),
+        max_uncommitted=rng.choice([20, 10000]),
+    )
+    cl = Cluster(nodes, seed=rng.getrandbits(64), cfg=base, verbose=verbose, out=out or sys.stdout)
+    cl.drop = rng.choice([0.0, 0.01, 0.05, 0.15])
+    cl.dup = rng.choice([0.0, 0.0, 0.02, 0.1])
+    cl.max_delay = rng.choice([1, 2, 4, 8, 16])
+    cl.crash_mid_ready = rng.choice([0.0, 0.0, 0.002, 0.01])
+    cl.crash_new_leader = rng.choice([0.0, 0.1, 0.3])
+    cl._log(
+        1,
+        f"seed {seed}: {nodes} nodes, drop={cl.drop} dup={cl.dup} max_delay={cl.max_delay} "
+        f"cfg={base}",
+    )
+    res = SimResult(seed, nodes, ok=True)
+    try:
+        chaos(cl, rng, ticks, nodes)
+        res.ticks = ticks + check_liveness(cl, 400)
+    except Violation as e:
+        res.ok, res.error = False, str(e)
+    res.elections = cl.check.elections
+    res.max_committed = cl.check.max_committed
+    res.reads_served = cl.check.reads_served
+    res.proposals = cl.proposals
+    res.seconds = time.perf_counter() - started
+    return res

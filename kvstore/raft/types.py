@@ -1,0 +1,184 @@
+"""The values that flow in and out of the Raft core: entries, messages, states, Ready.
+
+Nothing here does I/O. The shell (kvstore/node.py) encodes these for gRPC and LMDB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+
+
+class EntryType(IntEnum):
+    NORMAL = 0  # a NORMAL entry with empty data is the no-op a new leader appends
+    CONF_CHANGE = 1  # data is ConfChange.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    index: int
+    term: int
+    type: EntryType = EntryType.NORMAL
+    data: bytes = b""
+
+
+@dataclass(slots=True)
+class HardState:
+    """What must be durable before any message that depends on it is sent."""
+
+    term: int = 0
+    vote: str | None = None
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    voters: tuple[str, ...]
+    learners: tuple[str, ...] = ()
+
+    def members(self) -> tuple[str, ...]:
+        return self.voters + self.learners
+
+
+#: The configuration a node joining an existing cluster starts with: it learns the real
+#: one from the leader's log (or snapshot). Only the first members of a new cluster start
+#: with a non-empty configuration (see RaftCore's bootstrap).
+JOIN = ConfState(voters=())
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    index: int
+    term: int
+    conf: ConfState
+
+
+class ConfChangeType(IntEnum):
+    ADD_LEARNER = 0
+    PROMOTE = 1  # learner -> voter
+    REMOVE = 2
+
+
+@dataclass(frozen=True)
+class ConfChange:
+    type: ConfChangeType
+    node: str
+
+    def encode(self) -> bytes:
+        return bytes([int(self.type)]) + self.node.encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConfChange:
+        """Raises ValueError on anything that is not an encoded ConfChange."""
+        if len(data) < 2:
+            raise ValueError("conf change too short")
+        return cls(ConfChangeType(data[0]), data[1:].decode())
+
+
+def apply_change(conf: ConfState, cc: ConfChange) -> ConfState:
+    """The configuration after `cc`. Changes that do not fit `conf` leave it unchanged,
+    so replaying a log over any configuration never fails."""
+    voters, learners = set(conf.voters), set(conf.learners)
+    if cc.type == ConfChangeType.ADD_LEARNER:
+        if cc.node not in voters:
+            learners.add(cc.node)
+    elif cc.type == ConfChangeType.PROMOTE:
+        if cc.node in learners:
+            learners.discard(cc.node)
+            voters.add(cc.node)
+    elif cc.type == ConfChangeType.REMOVE:
+        voters.discard(cc.node)
+        learners.discard(cc.node)
+    return ConfState(tuple(sorted(voters)), tuple(sorted(learners)))
+
+
+class MsgType(IntEnum):
+    PREVOTE = 0
+    PREVOTE_RESP = 1
+    VOTE = 2
+    VOTE_RESP = 3
+    APPEND = 4
+    APPEND_RESP = 5
+    HEARTBEAT = 6
+    HEARTBEAT_RESP = 7
+    SNAPSHOT = 8
+    TIMEOUT_NOW = 9
+    READ_INDEX = 10
+    READ_INDEX_RESP = 11
+
+
+@dataclass(slots=True)
+class Message:
+    """One Raft message. Field use per type:
+
+    (PRE)VOTE: index/log_term = candidate's last entry; context=b"transfer" for a
+      leadership-transfer election (overrides leader stickiness).
+    APPEND: index/log_term = the entry before `entries`; commit = leader's commit.
+    APPEND_RESP: index = the follower's last index known to match (accept), or the rejected
+      `index` with reject_hint/log_term = where the follower's log may match (reject).
+    HEARTBEAT: commit = min(leader commit, follower match); context = read-index round.
+    HEARTBEAT_RESP: context echoed.
+    SNAPSHOT: snapshot = the leader's snapshot meta (the shell ships the data).
+    READ_INDEX: context = the requester's ctx. READ_INDEX_RESP: index = read index, context.
+    """
+
+    type: MsgType
+    src: str
+    dst: str
+    term: int
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    context: bytes = b""
+    snapshot: SnapshotMeta | None = None
+
+
+@dataclass(slots=True)
+class ReadState:
+    """A linearizable read `context` may be served once the applied index >= `index`."""
+
+    index: int
+    context: bytes
+
+
+class Role(StrEnum):
+    FOLLOWER = "follower"
+    PRECANDIDATE = "precandidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+    LEARNER = "learner"  # a follower that is a non-voting member
+
+    @property
+    def status_name(self) -> str:
+        """The contract's role names: leader, follower, candidate, learner."""
+        return "candidate" if self is Role.PRECANDIDATE else self.value
+
+
+@dataclass(slots=True)
+class SoftState:
+    leader: str | None
+    role: Role
+
+
+@dataclass(slots=True)
+class Ready:
+    """What the shell must do, in this order:
+
+    1. persist `snapshot` (install its data), then `entries` (they replace every stored
+       entry from entries[0].index on) and `hard_state`, durably (one fsync);
+    2. send `messages`;
+    3. apply `committed_entries` in order (for CONF_CHANGE entries call
+       RaftCore.apply_conf_change); serve `read_states` once applied >= their index;
+    4. call RaftCore.advance(ready).
+    """
+
+    soft_state: SoftState | None = None
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: SnapshotMeta | None = None
+    messages: list[Message] = field(default_factory=list)
+    committed_entries: list[Entry] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
