@@ -166,6 +166,7 @@ class ServerThread:
         *,
         path: str | None = None,
         limits: Limits = Limits(),
+        grace: float = 2.0,
         **server_kw: Any,
     ) -> None:
         if make_backend is None:
@@ -182,6 +183,7 @@ class ServerThread:
         self.path = path
         self.limits = limits
         self.server_kw = server_kw
+        self.grace = grace
         self.loop: asyncio.AbstractEventLoop | None = None
         self.backend: Any = None
         self.server: RespServer | None = None
@@ -225,7 +227,7 @@ class ServerThread:
 
         async def down() -> None:
             if self.server is not None:
-                await self.server.close()
+                await self.server.close(self.grace)
             close = getattr(self.backend, "aclose", None)
             if close is not None:
                 await close()
