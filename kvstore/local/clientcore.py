@@ -19,7 +19,7 @@ from kvstore.errors import KVError, LimitExceeded, TryAgain, Unavailable, Unknow
 Key = bytes | str
 Pairs = Mapping[Key, Key] | Iterable[tuple[Key, Key]]
 
-WRITES = frozenset({b"SET", b"DEL", b"MSET"})
+WRITES = frozenset({b"SET", b"DEL", b"MSET", b"KVS.WRITE"})
 
 
 def b(x: Key | int) -> bytes:

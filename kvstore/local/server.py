@@ -24,7 +24,7 @@ import stat
 import struct
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Generator, Iterable
 from typing import Any, cast
 
 import hiredis
@@ -177,6 +177,18 @@ def _first_bad_frame(data: bytes, pos: int, limits: Limits) -> tuple[int, str] |
     return None
 
 
+class _Hop:
+    """`await _HOP` yields once to `_kick`, which continues the coroutine in a Task."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+_HOP = _Hop()
+
+
 class _Failure:
     """Queued after the last good request of a connection that sent a bad frame."""
 
@@ -209,6 +221,7 @@ class _Connection(asyncio.Protocol):
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.ordered = bool(getattr(server.backend, "ordered_writes", False))
+        self.barrier_free = bool(getattr(server.backend, "barrier_free", False))
         self.closing_after_queue = False  # the client half-closed
         self.failed = False  # a protocol error is queued: read nothing more
 
@@ -350,13 +363,13 @@ class _Connection(asyncio.Protocol):
     # -- request processing ------------------------------------------------------------
 
     def _kick(self) -> None:
-        """Run the queue, synchronously for as long as no command has to wait."""
+        """Run the queue: inline for as long as no command has to wait, then in a Task."""
         if self.running or not self.queue or self.closing:
             return
         self.running = True
         coro = self._drain_queue()
         try:
-            waiting = coro.send(None)
+            coro.send(None)
         except StopIteration:
             return
         except Exception:
@@ -364,36 +377,17 @@ class _Connection(asyncio.Protocol):
             self.running = False
             self.abort()
             return
-        self.task = asyncio.get_running_loop().create_task(self._resume(coro, waiting))
+        # It stopped at a _HOP (a bare yield): a Task resumes it from there, so that the
+        # backend only ever runs inside a Task (asyncio.timeout and friends need one).
+        self.task = asyncio.get_running_loop().create_task(coro)
+        self.task.add_done_callback(self._task_done)
 
-    async def _resume(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        """Finish a coroutine `_kick` started, as a Task would have: one await at a time."""
-        try:
-            while True:
-                if waiting is None:  # a bare yield (asyncio.sleep(0))
-                    await asyncio.sleep(0)
-                else:
-                    waiting._asyncio_future_blocking = False  # as Task.__step does
-                    try:
-                        await waiting
-                    except asyncio.CancelledError:
-                        if not waiting.cancelled():
-                            raise
-                    except BaseException:
-                        pass  # the coroutine sees the outcome when it resumes
-                try:
-                    waiting = coro.send(None)
-                except StopIteration:
-                    return
-        except asyncio.CancelledError:
-            coro.close()
-            raise
-        except Exception:
-            log.exception("connection %d failed", self.session.id)
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.task = None
+        self.running = False
+        if not task.cancelled() and task.exception() is not None:
+            log.error("connection %d failed", self.session.id, exc_info=task.exception())
             self.abort()
-        finally:
-            self.running = False
-            self.task = None
 
     async def _drain_queue(self) -> None:
         q = self.queue
@@ -422,11 +416,13 @@ class _Connection(asyncio.Protocol):
                             self.closing = True
                             break
                     elif kind == READ:
-                        if not sess.readonly and self.covered < seq:
+                        if not sess.readonly and self.covered < seq and not self.barrier_free:
                             # One barrier serves every request received before it started.
                             upto = self.received
                             if out:
                                 size = self._flush(out)
+                            if asyncio.current_task() is None:
+                                await _HOP
                             await self.backend.read_barrier()
                             self.covered = upto
                         reply = spec.fn(sess, args)
@@ -434,6 +430,8 @@ class _Connection(asyncio.Protocol):
                         cmd, fmt = spec.fn(sess, args)
                         if out:
                             size = self._flush(out)
+                        if asyncio.current_task() is None:
+                            await _HOP
                         if self.ordered and q:
                             reply = await self._write_run(cmd, fmt)
                         else:
@@ -447,7 +445,9 @@ class _Connection(asyncio.Protocol):
                 size += len(reply)
                 if size >= _FLUSH_AT:
                     size = self._flush(out)
-                    if self.write_paused:
+                    if self.write_paused and self._must_wait():
+                        if asyncio.current_task() is None:
+                            await _HOP
                         await self._wait_drained()
                 if self.read_paused and len(q) < self.limits.max_pipeline // 2:
                     self.queued_bytes = 0
@@ -506,16 +506,19 @@ class _Connection(asyncio.Protocol):
         out.clear()
         return 0
 
-    async def _wait_drained(self) -> None:
-        """Wait while too many reply bytes are buffered for a client that does not read."""
+    def _must_wait(self) -> bool:
         t = self.transport
-        self._update_reading()
-        while (
+        return (
             self.write_paused
             and not self.closing
             and t is not None
             and t.get_write_buffer_size() >= self.limits.max_output
-        ):
+        )
+
+    async def _wait_drained(self) -> None:
+        """Wait while too many reply bytes are buffered for a client that does not read."""
+        self._update_reading()
+        while self._must_wait():
             self.drained = asyncio.get_running_loop().create_future()
             await self.drained
 
