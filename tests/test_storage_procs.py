@@ -119,9 +119,11 @@ WRITER = """
     s = Store(sys.argv[1], map_size=256 << 10)  # small, so growth happens under the kill too
     i = s.applied_index() + 1
     while True:
+        # As a node does: persist the entries, then apply them. A restart resumes at
+        # applied + 1 and log_append overwrites whatever the log held from there.
+        s.log_append([(j, b"e%d" % j) for j in range(i, i + 5)], hard_state=b"hs%d" % (i + 4))
         batch = [(j, lambda v, j=j: v.put(b"k%08d" % j, b"v%d." % j * 40)) for j in range(i, i + 5)]
         s.apply_many(batch)
-        s.log_append([(j, b"e%d" % j) for j in range(i, i + 5)], hard_state=b"hs%d" % (i + 4))
         print(i + 4, flush=True)  # acknowledged: both commits returned
         i += 5
 """
