@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,16 @@ from kvstore.storage import Store
 log = logging.getLogger("kvstore.node")
 
 
+def _apply_fn(cmd: sm.Command | None) -> Any:
+    if cmd is None:
+        return _noop
+    return lambda view: sm.apply(view, cmd)
+
+
+def _noop(view: Any) -> tuple[None, list[tuple[bytes, bytes | None]]]:
+    return None, []
+
+
 def node_home(data_dir: Path, name: str) -> Path:
     return data_dir / name
 
@@ -75,6 +86,7 @@ class Node:
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="kvstore-io")
         self._leader_stubs: dict[str, tuple[grpc.aio.Channel, pbg.RaftStub]] = {}
         self.addresses = {n.name: n.grpc_address for n in cfg.nodes}
         # Drills route each link through a fault-injecting proxy: {"n2": "127.0.0.1:9012", ...}
@@ -174,6 +186,7 @@ class Node:
         if self._metrics_server is not None:
             srv = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else self._metrics_server
             srv.shutdown()
+        self._io.shutdown(wait=True)
         self.store.close()
         self.cache.close()
         self.cache.unlink()
@@ -223,77 +236,72 @@ class Node:
             try:
                 while self.core.has_ready():
                     rd = self.core.ready()
-                    self._handle_ready(rd)
+                    await self._handle_ready(rd)
                     self.core.advance(rd)
             except Exception:
-                log.exception("%s: fatal error in the raft loop; stopping", self.name)
+                log.exception("%s: fatal error in the raft loop (term %d); stopping", self.name, self.core.term)
                 self._stopping.set()
                 return
 
-    def _handle_ready(self, rd: Ready) -> None:
+    async def _handle_ready(self, rd: Ready) -> None:
+        """Persist and apply in one transaction (one fsync, off the loop), then send, then answer.
+
+        While the fsync runs, the loop keeps taking requests and messages into the core:
+        they form the next Ready, which is how writes batch up (group commit).
+        """
         if rd.soft_state is not None:
             ss = rd.soft_state
-            log.info("%s: role %s, leader %s, term %d", self.name, ss.role.name.lower(), ss.leader,
+            log.info("%s: role %s, leader %s, term %d", self.name, ss.role.status_name, ss.leader,
                      self.core.term)
             self.metrics.elections.inc()
             if ss.leader:
                 self._leader_known.set()
             else:
                 self._leader_known.clear()
-        if rd.entries or rd.hard_state is not None:
-            t0 = time.perf_counter()
-            self.store.log_append([(e.index, convert.entry_blob(e)) for e in rd.entries],
-                                  convert.hard_state_blob(rd.hard_state) if rd.hard_state else None)
+        items: list[tuple[Entry, sm.Command | None]] = []
+        for e in rd.committed_entries:
+            cmd = None
+            if e.type == EntryType.NORMAL:
+                try:
+                    cmd = sm.decode(e.data)
+                except ValueError as err:
+                    log.error("%s: entry %d (term %d) is not a command (%s); applied as a no-op", self.name,
+                              e.index, e.term, err)
+            items.append((e, cmd))
+        keys = {k for _, c in items if c is not None for k in sm.keys_of(c)}
+        for k in keys:  # no reader may see an old value once LMDB has the new one
+            self.cache.delete(k)
+        t0 = time.perf_counter()
+        if rd.entries or rd.hard_state is not None or items:
+            outs = await asyncio.get_running_loop().run_in_executor(
+                self._io, self.store.save_ready,
+                [(e.index, convert.entry_blob(e)) for e in rd.entries],
+                convert.hard_state_blob(rd.hard_state) if rd.hard_state else None,
+                [(e.index, _apply_fn(c)) for e, c in items])
             self.metrics.fsync.observe(time.perf_counter() - t0)
             if rd.entries:
                 self.metrics.batch_entries.observe(len(rd.entries))
+        else:
+            outs = []
         if rd.messages:
             self.transport.send(rd.messages)
-        if rd.committed_entries:
-            t0 = time.perf_counter()
-            self._apply(rd.committed_entries)
-            self.metrics.apply.observe(time.perf_counter() - t0)
+        if items:
+            self._after_apply(items, outs)
         for rs in rd.read_states:
             self.reads.on_read_state(rs.index, rs.context)
 
-    def _apply(self, entries: list[Entry]) -> None:
-        batch: list[tuple[Entry, sm.Command | None]] = []
-        for e in entries:
-            if e.type == EntryType.CONF_CHANGE:
-                self._apply_batch(batch)
-                batch = []
-                self._apply_conf_change(e)
-                continue
-            try:
-                cmd = sm.decode(e.data)
-            except ValueError as err:
-                log.error("%s: entry %d (term %d) is not a command (%s); applied as a no-op", self.name,
-                          e.index, e.term, err)
-                cmd = None
-            batch.append((e, cmd))
-        self._apply_batch(batch)
-
-    def _apply_batch(self, batch: list[tuple[Entry, sm.Command | None]]) -> None:
-        if not batch:
-            return
-        keys = {k for _, c in batch if c is not None for k in sm.keys_of(c)}
-        for k in keys:  # no reader may see the old value once LMDB has the new one
-            self.cache.delete(k)
-
-        def fn_for(c: sm.Command | None) -> Any:
-            if c is None:
-                return lambda view: (None, [])
-            return lambda view: sm.apply(view, c)
-
-        outs = self.store.apply_many([(e.index, fn_for(c)) for e, c in batch])
+    def _after_apply(self, items: list[tuple[Entry, sm.Command | None]],
+                     outs: list[tuple[sm.Result, list[tuple[bytes, bytes | None]]]]) -> None:
         latest: dict[bytes, bytes | None] = {}
         for _, changes in outs:
             latest.update(changes)
         for k, v in latest.items():
             if v is not None:
                 self.cache.put(k, v)
-        self.applied = batch[-1][0].index
-        for (e, _), (res, _) in zip(batch, outs, strict=True):
+        self.applied = items[-1][0].index
+        for (e, _), (res, _) in zip(items, outs, strict=True):
+            if e.type == EntryType.CONF_CHANGE:
+                self._conf_applied(e)
             w = self._waiters.pop(e.index, None)
             if w is None:
                 continue
@@ -306,17 +314,11 @@ class Node:
                 fut.set_exception(TryAgain("leadership changed before the write committed"))
         self._wake_applied()
 
-    def _apply_conf_change(self, e: Entry) -> None:
+    def _conf_applied(self, e: Entry) -> None:
         cc = ConfChange.decode(e.data)
         conf = self.core.apply_conf_change(cc)
-        self.store.apply(e.index, lambda view: None)
-        self.applied = e.index
-        log.info("%s: applied conf change %s %s at index %d: voters %s learners %s", self.name,
-                 cc.type.name.lower(), cc.node, e.index, ",".join(conf.voters), ",".join(conf.learners))
-        w = self._waiters.pop(e.index, None)
-        if w and not w[1].done():
-            w[1].set_result((None, e.index))
-        self._wake_applied()
+        log.info("%s: applied conf change %s %s at index %d (term %d): voters %s learners %s", self.name,
+                 cc.type.name.lower(), cc.node, e.index, e.term, ",".join(conf.voters), ",".join(conf.learners))
         if cc.type == ConfChangeType.REMOVE and cc.node == self.name:
             log.info("%s: removed from the cluster; stopping", self.name)
             self._stopping.set()

@@ -255,6 +255,56 @@ class Store:
 
         self._env.write(run)
 
+    def save_ready(
+        self,
+        entries: Sequence[tuple[int, bytes]],
+        hard_state: bytes | None,
+        apply_items: Sequence[tuple[int, Callable[[WriteTxnView], T]]],
+    ) -> list[T]:
+        """One Raft `Ready` in ONE transaction and one fsync: append log entries (dropping
+        a conflicting suffix), set the hard state, and apply committed entries.
+
+        Committed entries are already durable in the log (an earlier Ready, or this
+        one), so applying them in the same transaction costs no extra fsync and can
+        never get ahead of the log they come from.
+        """
+        if entries:
+            first = entries[0][0]
+            for n, (idx, _) in enumerate(entries):
+                if idx != first + n or idx < 1:
+                    raise ValueError(f"log entries must be consecutive from 1: got {idx} at {n}")
+        indexes = [i for i, _ in apply_items]
+        for a, b in zip(indexes, indexes[1:], strict=False):
+            if b <= a:
+                raise ValueError(f"apply indexes must increase: {a} then {b}")
+        if not entries and hard_state is None and not apply_items:
+            return []
+        logdb, sysdb, data, env = self._log, self._sys, self._data, self._env
+
+        def run(txn: Txn) -> list[T]:
+            if entries:
+                cur = txn.cursor(db=logdb)
+                if cur.set_range(pack_index(entries[0][0])):
+                    while cur.delete():
+                        pass
+                cur.putmulti(((pack_index(i), blob) for i, blob in entries), append=True)
+            if hard_state is not None:
+                txn.put(_HARD_STATE, hard_state, db=sysdb)
+            if not apply_items:
+                return []
+            applied = self._applied(txn)
+            if indexes[0] <= applied:
+                raise ValueError(f"index {indexes[0]} was already applied (applied index is {applied})")
+            view = WriteTxnView(txn, data, env)
+            try:
+                results = [fn(view) for _, fn in apply_items]
+            finally:
+                view._live = False
+            txn.put(_APPLIED, pack_index(indexes[-1]), db=sysdb)
+            return results
+
+        return self._env.write(run)
+
     def log_get(self, lo: int, hi: int, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
         """Entries with lo <= index < hi. With max_bytes, stop once the blobs reach it
         (always at least one entry, as etcd's MaxSizePerMsg)."""

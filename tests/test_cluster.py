@@ -1,0 +1,116 @@
+"""Replication with real processes: a 3-node cluster on loopback, faults by signal and proxy."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from clusterutil import client, leader, running_cluster, status, wait_until
+from kvstore.cluster import procs
+from kvstore.config import ClusterConfig
+from kvstore.drills.proxy import ProxyMesh
+
+
+def test_writes_at_a_follower_are_read_linearizably_everywhere(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as d:
+        ld = leader(d)
+        followers = [n for n in ("n1", "n2", "n3") if n != ld]
+        for i in range(20):
+            assert client(d, followers[i % 2]).set(f"k{i}", f"v{i}") is True
+            for n in ("n1", "n2", "n3"):  # the very next read, anywhere, sees it
+                assert client(d, n).get(f"k{i}") == f"v{i}".encode()
+        c = client(d, followers[0])
+        assert c.set("swap", "a", get=True) is None
+        assert c.set("swap", "b", get=True) == b"a"
+        assert c.set("swap", "c", nx=True) is None
+        assert client(d, ld).get("swap") == b"b"
+
+
+def test_killing_the_leader_elects_another_and_writes_resume(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as d:
+        old = leader(d)
+        survivor = next(n for n in ("n1", "n2", "n3") if n != old)
+        client(d, survivor).set("before", "1")
+        procs.stop_node(d, old, force=True)
+        new = wait_until(lambda: (lambda ld: ld if ld and ld != old else None)(status(d)["leader"]),
+                         what="a new leader")
+        assert new != old
+        c = client(d, survivor)
+        wait_until(lambda: c.set("after", "2"), what="a write after failover")
+        assert c.get("before") == b"1" and c.get("after") == b"2"
+        # the old leader comes back as a follower and catches up
+        procs.spawn(d, d / "cluster.toml", old)
+        wait_until(lambda: client(d, old).execute_command("READONLY") and client(d, old).get("after") == b"2",
+                   what="the restarted node to catch up")
+        oc = client(d, old)
+        oc.execute_command("READONLY")
+        wait_until(lambda: oc.get("after") == b"2", what="catch-up visible in local reads")
+
+
+def test_a_restarted_follower_catches_up_on_missed_writes(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as d:
+        ld = leader(d)
+        f = next(n for n in ("n1", "n2", "n3") if n != ld)
+        procs.stop_node(d, f)
+        c = client(d, ld)
+        for i in range(200):
+            c.set(f"m{i}", str(i))
+        procs.spawn(d, d / "cluster.toml", f)
+        fc = client(d, f)
+        wait_until(lambda: fc.execute_command("READONLY") == b"OK" or True)
+        wait_until(lambda: fc.get("m199") == b"199", what="the follower to catch up")
+        assert [fc.get(f"m{i}") for i in range(0, 200, 37)] == [str(i).encode() for i in range(0, 200, 37)]
+
+
+def test_a_node_cut_off_rejoins_without_deposing_the_leader(tmp_path: Path) -> None:
+    meshes: list[ProxyMesh] = []
+
+    def env_for(cfg: ClusterConfig) -> dict[str, dict[str, str]]:
+        meshes.append(ProxyMesh({n.name: n.grpc_address for n in cfg.nodes}, seed=1))
+        return {n.name: meshes[0].node_env(n.name) for n in cfg.nodes}
+
+    try:
+        with running_cluster(tmp_path, env_for=env_for) as d:
+            mesh = meshes[0]
+            ld = leader(d)
+            term = max(r["term"] for r in status(d)["nodes"] if r["term"] is not None)
+            f = next(n for n in ("n1", "n2", "n3") if n != ld)
+            mesh.isolate(f)
+            c = client(d, ld)
+            for i in range(20):  # the majority keeps serving
+                c.set(f"p{i}", "x")
+            time.sleep(1.5)  # several election timeouts for the cut-off node: let it try
+            mesh.heal_all()
+            fc = client(d, f)
+            fc.execute_command("READONLY")
+            wait_until(lambda: fc.get("p19") == b"x", what="the node to rejoin and catch up")
+            st = status(d)
+            assert st["leader"] == ld, "the rejoining node deposed the leader"
+            assert max(r["term"] for r in st["nodes"] if r["term"] is not None) == term
+    finally:
+        for m in meshes:
+            m.close()
+
+
+def test_minority_cannot_write_and_says_tryagain_or_unknown(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as d:
+        ld = leader(d)
+        others = [n for n in ("n1", "n2", "n3") if n != ld]
+        for n in others:
+            pid = procs.live_pid(d, n)
+            assert pid
+            procs.signal_node(pid, signal.SIGSTOP)
+        try:
+            c = redis.Redis(unix_socket_path=str(d / ld / "kv.sock"), socket_timeout=30)
+            with pytest.raises(redis.ResponseError) as ei:
+                c.set("lonely", "x")
+            assert str(ei.value).split()[0] in ("UNKNOWN", "TRYAGAIN")
+        finally:
+            for n in others:
+                pid = procs.live_pid(d, n)
+                if pid:
+                    procs.signal_node(pid, signal.SIGCONT)
