@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from clusterutil import client, leader, running_cluster, status, wait_until
+
 from kvstore.cluster import procs
 from kvstore.config import ClusterConfig
 from kvstore.drills.proxy import ProxyMesh
