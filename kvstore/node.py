@@ -21,10 +21,11 @@ from typing import Any
 
 import grpc
 
+from kvstore import config as cfgmod
 from kvstore import statemachine as sm
 from kvstore.cache import ShmCache
 from kvstore.config import ClusterConfig, NodeConfig
-from kvstore.errors import KVError, LimitExceeded, TryAgain, Unknown, WrongCluster
+from kvstore.errors import KVError, LimitExceeded, TryAgain, Unavailable, Unknown, WrongCluster
 from kvstore.forward import Forwarder
 from kvstore.local.server import Limits, RespServer
 from kvstore.metrics import NodeMetrics
@@ -350,7 +351,17 @@ class Node:
         self.core.report_unreachable(peer)
 
     def _address_of(self, name: str) -> str | None:
-        return self.addresses.get(name)
+        addr = self.addresses.get(name)
+        if addr is None and self.cfg.path:
+            # A node added since we started: the operator added it to the cluster TOML.
+            try:
+                fresh = cfgmod.load(self.cfg.path)
+            except KVError:
+                return None
+            for n in fresh.nodes:
+                self.addresses.setdefault(n.name, n.grpc_address)
+            addr = self.addresses.get(name)
+        return addr
 
     def _channel_credentials(self) -> grpc.ChannelCredentials | None:
         if not self.cfg.tls.enabled:
@@ -480,7 +491,47 @@ class Node:
         }
 
     async def change_member(self, op: str, name: str, address: str) -> ConfState:
-        raise KVError("membership changes are not implemented yet")
+        """Add a node (as a learner, then a voter once it caught up) or remove one.
+
+        One change at a time, each a single-server change (Raft thesis 4.1): any two
+        majorities of consecutive configurations overlap. A leader asked to remove itself
+        hands leadership over first and says where to ask again.
+        """
+        if not self.core.is_leader:
+            raise TryAgain(f"{self.name} is not the leader (leader: {self.core.leader or 'unknown'})")
+        if address:
+            self.addresses[name] = address
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60.0
+        conf = self.core.conf_state
+        if op == "add":
+            if name in conf.voters:
+                return conf
+            if name not in conf.learners:
+                log.info("%s: adding %s as a learner (term %d)", self.name, name, self.core.term)
+                await self.propose_as_leader(ConfChange(ConfChangeType.ADD_LEARNER, name))
+            while True:  # a voter that cannot keep up would only slow every commit down
+                pr = self.core.status().get("progress", {}).get(name, {})
+                if pr.get("match", 0) >= self.core.commit:
+                    break
+                if loop.time() > deadline:
+                    raise Unavailable(f"{name} did not catch up within 60s; it stays a learner")
+                if not self.core.is_leader:
+                    raise TryAgain("lost leadership while adding a node")
+                await asyncio.sleep(0.05)
+            log.info("%s: promoting %s to voter (term %d)", self.name, name, self.core.term)
+            await self.propose_as_leader(ConfChange(ConfChangeType.PROMOTE, name))
+        elif op == "remove":
+            if name not in conf.voters and name not in conf.learners:
+                return conf
+            if name == self.name:
+                new = await self.transfer_leadership(None)
+                raise TryAgain(f"{self.name} handed leadership to {new}; ask it to remove {self.name}")
+            log.info("%s: removing %s (term %d)", self.name, name, self.core.term)
+            await self.propose_as_leader(ConfChange(ConfChangeType.REMOVE, name))
+        else:
+            raise KVError(f"unknown membership change {op!r}")
+        return self.core.conf_state
 
     async def transfer_leadership(self, to: str | None) -> str | None:
         if self.core.role.status_name != "leader":

@@ -121,3 +121,31 @@ _node_cmd("stop", "Stop one node gracefully (SIGTERM; a leader hands over first)
 _node_cmd("kill", "Kill one node with SIGKILL (a crash).")
 _node_cmd("pause", "Freeze one node with SIGSTOP.")
 _node_cmd("resume", "Thaw a paused node with SIGCONT.")
+
+
+@cluster.command("add-node")
+@click.argument("name")
+@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the node to join.")
+@click.pass_obj
+def add_node(obj: dict[str, Any], name: str, timeout: float) -> None:
+    """Add node NAME while the cluster serves: it joins as a learner, catches up, becomes a voter.
+
+    NAME is added to DIR/cluster.toml (free ports) and started. On several hosts, add it
+    to every host's cluster TOML first, start it there, then run this.
+    """
+    with console.status(f"adding {name}: starting it, catching it up, promoting it..."):
+        voters, learners = manage.add_node(obj["dir"], name, timeout)
+    console.print(f"added {name}; voters: {', '.join(voters)}" + (f"; learners: {', '.join(learners)}" if learners else ""))
+
+
+@cluster.command("remove-node")
+@click.argument("name")
+@click.pass_obj
+def remove_node(obj: dict[str, Any], name: str) -> None:
+    """Remove node NAME while the cluster serves (a leader hands over first), then stop it.
+
+    Its data folder is renamed NAME.removed-<time>: a removed member never rejoins with its old log.
+    """
+    with console.status(f"removing {name}..."):
+        voters, learners = manage.remove_node(obj["dir"], name)
+    console.print(f"removed {name}; voters: {', '.join(voters)}" + (f"; learners: {', '.join(learners)}" if learners else ""))

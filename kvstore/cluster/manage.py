@@ -144,3 +144,64 @@ def down(data_dir: Path, grace: float = 5.0) -> list[str]:
     for n in cfg.nodes:
         procs.cleanup_node(data_dir, n.name, cfg)
     return sorted(pids)
+
+
+def _admin_call(data_dir: Path, cfg: ClusterConfig, call: Any, timeout: float) -> Any:
+    """Call an Admin RPC on the leader, following leadership changes until the deadline."""
+    from kvstore.errors import KVError, Unavailable
+
+    deadline = time.monotonic() + timeout
+    last = "no leader"
+    while time.monotonic() < deadline:
+        st = status(data_dir, cfg)
+        ld = st["leader"]
+        if ld is None:
+            time.sleep(0.1)
+            continue
+        ch, stub = admin_stub(cfg, data_dir, cfg.node(ld))
+        try:
+            return call(stub, max(1.0, deadline - time.monotonic()))
+        except grpc.RpcError as e:
+            code, details = e.code(), e.details() or ""
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                last = details
+                time.sleep(0.1)
+                continue
+            raise KVError(f"{ld}: {details}") from None
+        finally:
+            ch.close()
+    raise Unavailable(f"membership change did not complete: {last}")
+
+
+def add_node(data_dir: Path, name: str, timeout: float = 90.0) -> tuple[list[str], list[str]]:
+    """Add NAME to the cluster: define it, start it, join it as a learner, promote it."""
+    cfg = load(data_dir)
+    if any(n.name == name for n in cfg.nodes):
+        node = cfg.node(name)
+    else:
+        host = cfg.nodes[0].host if cfg.nodes else "127.0.0.1"
+        node = NodeConfig(name=name, host=host, grpc_port=free_port(host), metrics_port=free_port(host),
+                          initial=False)
+        cfg = dataclasses.replace(cfg, nodes=(*cfg.nodes, node))
+        config_path(data_dir).write_text(cfgmod.dump(cfg))
+    if procs.live_pid(data_dir, name) is None:
+        procs.cleanup_node(data_dir, name, cfg)
+        procs.spawn(data_dir, config_path(data_dir), name)
+    r = _admin_call(data_dir, cfg, lambda stub, t: stub.AddNode(
+        kv_pb2.MemberRequest(name=name, address=node.grpc_address), timeout=t), timeout)
+    return list(r.voters), list(r.learners)
+
+
+def remove_node(data_dir: Path, name: str, timeout: float = 60.0) -> tuple[list[str], list[str]]:
+    """Take NAME out of the cluster (a leader hands over first), stop it, retire its data."""
+    cfg = load(data_dir)
+    cfg.node(name)
+    r = _admin_call(data_dir, cfg, lambda stub, t: stub.RemoveNode(
+        kv_pb2.MemberRequest(name=name), timeout=t), timeout)
+    procs.stop_node(data_dir, name)
+    cfg = dataclasses.replace(cfg, nodes=tuple(n for n in cfg.nodes if n.name != name))
+    config_path(data_dir).write_text(cfgmod.dump(cfg))
+    home = data_dir / name
+    if home.exists():  # a removed member's log must never rejoin as is
+        home.rename(data_dir / f"{name}.removed-{int(time.time())}")
+    return list(r.voters), list(r.learners)
