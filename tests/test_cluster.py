@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from clusterutil import client, leader, running_cluster, status, wait_until
 
 from kvstore.cluster import procs
 from kvstore.config import ClusterConfig
 from kvstore.drills.proxy import ProxyMesh
+
+from clusterutil import client, leader, running_cluster, status, wait_until
 
 
 def test_writes_at_a_follower_are_read_linearizably_everywhere(tmp_path: Path) -> None:
