@@ -19,13 +19,16 @@ console = Console()
 
 def render_status(st: dict[str, Any]) -> Table:
     t = Table(title=f"cluster {st.get('cluster_id', '')[:8]}  leader: {st['leader'] or '-'}", title_justify="left")
-    for col in ("node", "pid", "role", "term", "commit", "applied", "grpc", "socket"):
-        t.add_column(col, no_wrap=col != "socket", overflow="fold")
+    for col in ("node", "pid", "role", "term", "commit", "applied", "grpc"):
+        t.add_column(col, no_wrap=True)
     for r in st["nodes"]:
         role = r["role"] + (" (paused)" if r.get("paused") else "")
         style = {"leader": "bold green", "down": "red", "starting": "yellow"}.get(r["role"], "")
         t.add_row(r["name"], str(r["pid"] or "-"), f"[{style}]{role}[/]" if style else role,
-                  _s(r["term"]), _s(r["commit_index"]), _s(r["applied_index"]), r["grpc"], r["socket"])
+                  _s(r["term"]), _s(r["commit_index"]), _s(r["applied_index"]), r["grpc"])
+    socks = sorted({str(Path(r["socket"]).parent.parent) for r in st["nodes"]})
+    t.caption = f"sockets: {socks[0]}/<node>/kv.sock" if len(socks) == 1 else None
+    t.caption_justify = "left"
     return t
 
 
