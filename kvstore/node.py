@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from kvstore import config as cfgmod
+from kvstore import snapshots
 from kvstore import statemachine as sm
 from kvstore.cache import ShmCache
 from kvstore.config import ClusterConfig, NodeConfig
@@ -37,10 +38,12 @@ from kvstore.raft import (
     ConfState,
     Entry,
     EntryType,
+    MsgType,
     NotLeader,
     ProposalDropped,
     RaftCore,
     Ready,
+    SnapshotMeta,
 )
 from kvstore.readindex import ReadBarrier
 from kvstore.rpc import convert
@@ -88,6 +91,8 @@ class Node:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._io = ThreadPoolExecutor(1, thread_name_prefix="kvstore-io")
+        self._snap_senders: dict[str, asyncio.Task[None]] = {}
+        self._compacting = False
         self._leader_stubs: dict[str, tuple[grpc.aio.Channel, pbg.RaftStub]] = {}
         self.addresses = {n.name: n.grpc_address for n in cfg.nodes}
         # Drills route each link through a fault-injecting proxy: {"n2": "127.0.0.1:9012", ...}
@@ -104,6 +109,7 @@ class Node:
 
     def _open_state(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.home / "snapshot.partial").unlink(missing_ok=True)  # an install cut short by a crash
         st = self.cfg.storage
         self.store = Store(self.home / "data", map_size=st.map_size_mb << 20,
                            max_map_size=st.max_map_size_mb << 20, sync=st.sync)
@@ -177,7 +183,7 @@ class Node:
                 log.info("%s: leadership transfer before stop did not finish: %s", self.name, e)
         await self.resp.close()
         await self.grpc_server.stop(0.3)
-        for t in self._tasks:
+        for t in [*self._tasks, *self._snap_senders.values()]:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.forwarder.close()
@@ -273,9 +279,9 @@ class Node:
         for k in keys:  # no reader may see an old value once LMDB has the new one
             self.cache.delete(k)
         t0 = time.perf_counter()
-        if rd.entries or rd.hard_state is not None or items:
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None or items:
             outs = await asyncio.get_running_loop().run_in_executor(
-                self._io, self.store.save_ready,
+                self._io, self._persist, rd.snapshot,
                 [(e.index, convert.entry_blob(e)) for e in rd.entries],
                 convert.hard_state_blob(rd.hard_state) if rd.hard_state else None,
                 [(e.index, _apply_fn(c)) for e, c in items])
@@ -285,11 +291,82 @@ class Node:
         else:
             outs = []
         if rd.messages:
-            self.transport.send(rd.messages)
+            self._send(rd.messages)
         if items:
             self._after_apply(items, outs)
         for rs in rd.read_states:
             self.reads.on_read_state(rs.index, rs.context)
+
+    def _persist(self, snap: SnapshotMeta | None, entries: list[tuple[int, bytes]], hard_state: bytes | None,
+                 apply: list[tuple[int, Any]]) -> list[tuple[sm.Result, list[tuple[bytes, bytes | None]]]]:
+        """On the io thread, in Ready order: one transaction, one fsync.
+
+        Entries the data already holds (an installed snapshot's data index is past them)
+        are skipped here, on the io thread, where the applied index cannot move under us.
+        """
+        if snap is not None:  # the core replaced its whole log with a received snapshot
+            self.store.meta_set("snapshot", convert.snap_blob(snap))
+            _, last = self.store.log_bounds()
+            if last:
+                self.store.log_compact(last)
+            self.snapshot_index = snap.index
+        applied = self.store.applied_index()
+        todo = [(i, fn) for i, fn in apply if i > applied]
+        outs = self.store.save_ready(entries, hard_state, todo)
+        if len(todo) == len(apply):
+            return outs
+        done = dict(zip((i for i, _ in todo), outs, strict=True))
+        return [done.get(i, (None, [])) for i, _ in apply]
+
+    def _send(self, msgs: list[Any]) -> None:
+        out = []
+        for m in msgs:
+            if m.type == MsgType.SNAPSHOT:  # the data travels on its own stream
+                if m.dst not in self._snap_senders:
+                    self._snap_senders[m.dst] = asyncio.create_task(self._send_snapshot(m))
+            else:
+                out.append(m)
+        self.transport.send(out)
+
+    async def _send_snapshot(self, m: Any) -> None:
+        ok = False
+        try:
+            ok = await snapshots.send(self, m)
+            if ok:
+                self.metrics.snapshots.labels("sent").inc()
+        finally:
+            self._snap_senders.pop(m.dst, None)
+            self.core.report_snapshot(m.dst, ok)
+            self._wake.set()
+
+    def _maybe_compact(self) -> None:
+        """Drop the log behind the applied index, keeping a tail for followers a little behind."""
+        every = self.cfg.raft.snapshot_entries
+        if every <= 0 or self.applied - self.snapshot_index < every or self._compacting:
+            return
+        idx = min(self.applied, self.core.commit) - min(every // 2, 5000)
+        term = self.core.log.term(idx) if idx > self.snapshot_index else None
+        if term is None:
+            return
+        meta = self.core.compact(idx, term)
+        self._compacting = True
+
+        def persist() -> None:
+            self.store.meta_set("snapshot", convert.snap_blob(meta))
+            self.store.log_compact(meta.index)
+
+        fut = asyncio.get_running_loop().run_in_executor(self._io, persist)
+
+        def done(f: Any) -> None:
+            self._compacting = False
+            if f.exception() is None:
+                self.snapshot_index = meta.index
+                self.metrics.snapshots.labels("taken").inc()
+                log.info("%s: compacted the log up to %d (term %d)", self.name, meta.index, meta.term)
+            else:
+                log.error("%s: compaction failed: %s", self.name, f.exception())
+
+        fut.add_done_callback(done)
 
     def _after_apply(self, items: list[tuple[Entry, sm.Command | None]],
                      outs: list[tuple[sm.Result, list[tuple[bytes, bytes | None]]]]) -> None:
@@ -299,7 +376,7 @@ class Node:
         for k, v in latest.items():
             if v is not None:
                 self.cache.put(k, v)
-        self.applied = items[-1][0].index
+        self.applied = max(self.applied, items[-1][0].index)
         for (e, _), (res, _) in zip(items, outs, strict=True):
             if e.type == EntryType.CONF_CHANGE:
                 self._conf_applied(e)
@@ -314,6 +391,7 @@ class Node:
             else:
                 fut.set_exception(TryAgain("leadership changed before the write committed"))
         self._wake_applied()
+        self._maybe_compact()
 
     def _conf_applied(self, e: Entry) -> None:
         cc = ConfChange.decode(e.data)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from kvstore import config
 from kvstore.cache import ShmCache
 from kvstore.cluster import manage, procs
 from kvstore.config import ClusterConfig
@@ -78,9 +79,13 @@ def leftovers(data_dir: Path, names: list[str]) -> list[str]:
 @contextmanager
 def running_cluster(data_dir: Path, nodes: int = 3,
                     env_for: Callable[[ClusterConfig], dict[str, dict[str, str]]] | None = None,
+                    edit: Callable[[ClusterConfig], ClusterConfig] | None = None,
                     ) -> Iterator[Path]:
     """A cluster of real node processes; stopped and checked for leftovers however the test ends."""
     cfg = manage.create(data_dir, nodes, None)
+    if edit is not None:
+        cfg = edit(cfg)
+        manage.config_path(data_dir).write_text(config.dump(cfg))
     env = env_for(cfg) if env_for else {}
     names = [n.name for n in cfg.nodes]
     try:
@@ -103,3 +108,18 @@ def running_cluster(data_dir: Path, nodes: int = 3,
 def status_json(data_dir: Path) -> dict[str, Any]:
     r = kv(data_dir, "cluster", "status", "--json", check=True)
     return dict(json.loads(r.stdout))
+
+
+def digest(data_dir: Path, node: str) -> tuple[int, str]:
+    """(keys, hash of every key and value) of a node's local state, read over its socket."""
+    import hashlib
+
+    from kvstore.local.client import Client
+
+    h = hashlib.sha256()
+    n = 0
+    with Client(sock(data_dir, node), readonly=True, timeout=30) as c:
+        for k, v in c.scan():
+            h.update(len(k).to_bytes(4, "big") + k + len(v).to_bytes(4, "big") + v)
+            n += 1
+    return n, h.hexdigest()

@@ -63,8 +63,9 @@ class RaftService(pbg.RaftServicer):
 
     async def InstallSnapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk],
                               context: grpc.aio.ServicerContext) -> pb.SnapshotAck:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "snapshots are not implemented yet")
-        return pb.SnapshotAck()
+        from kvstore import snapshots
+
+        return await snapshots.install(self.node, request_iterator)
 
     async def Propose(self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext) -> pb.ProposeResponse:
         """Forwarded writes: proposed in order, each answered once applied here."""

@@ -97,7 +97,7 @@ class TimeoutNowRequest(_message.Message):
     def __init__(self, cluster_id: _Optional[str] = ..., message: _Optional[_Union[RaftMessage, _Mapping]] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("cluster_id", "term", "meta", "offset", "data", "last", "checksum")
+    __slots__ = ("cluster_id", "term", "meta", "offset", "data", "last", "checksum", "data_index")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class SnapshotChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    DATA_INDEX_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     term: int
     meta: SnapshotMeta
@@ -113,7 +114,8 @@ class SnapshotChunk(_message.Message):
     data: bytes
     last: bool
     checksum: bytes
-    def __init__(self, cluster_id: _Optional[str] = ..., term: _Optional[int] = ..., meta: _Optional[_Union[SnapshotMeta, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., checksum: _Optional[bytes] = ..., **kwargs) -> None: ...
+    data_index: int
+    def __init__(self, cluster_id: _Optional[str] = ..., term: _Optional[int] = ..., meta: _Optional[_Union[SnapshotMeta, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., checksum: _Optional[bytes] = ..., data_index: _Optional[int] = ..., **kwargs) -> None: ...
 
 class SnapshotAck(_message.Message):
     __slots__ = ("ok", "received", "error")
