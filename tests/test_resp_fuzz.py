@@ -264,7 +264,7 @@ def test_slow_reader_is_bounded_and_others_are_served(server: ServerThread) -> N
 
         async def buffered() -> int:
             assert server.server is not None
-            return max(c.transport.get_write_buffer_size() for c in server.server._conns if c.transport)
+            return max(c.transport.get_write_buffer_size() for c in server.server.conns if c.transport)
 
         assert server.call(buffered()) <= Limits().max_output + (2 << 20)
     finally:

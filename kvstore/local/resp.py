@@ -1,10 +1,7 @@
-"""RESP reply encoding, the server's limits, and the size guard around hiredis.
+"""RESP reply encoding, and the server's limits.
 
-hiredis parses requests; this module never builds request objects. It only checks the
-*headers* of a request frame that hiredis is still waiting to complete, because hiredis
-itself would wait forever for `$999999999999` bytes (or allocate for a huge `*N`) before
-we ever saw the frame. Reply encoders return bytes; the `proto` argument (2 or 3) picks
-the RESP2 or RESP3 form where they differ (null, map).
+Reply encoders return bytes; the `proto` argument (2 or 3) picks the RESP2 or RESP3
+form where they differ (null, map).
 """
 
 from __future__ import annotations
@@ -109,104 +106,3 @@ def value(v: object, proto: int) -> bytes:
     if isinstance(v, list | tuple):
         return array([value(x, proto) for x in v])
     raise TypeError(f"cannot encode {type(v).__name__}")
-
-
-class FrameError(Exception):
-    """A request frame the server refuses; the message follows `Protocol error: `."""
-
-
-_MAX_HEADER = 24  # '*' or '$', up to 20 digits, CRLF
-
-
-class FrameGuard:
-    """Walks the headers of the one request frame hiredis holds incomplete.
-
-    `feed` checks each header as it arrives (array length, element type, bulk length),
-    skipping bulk bodies without copying them, and returns the offset in `data` where
-    the frame ends, or -1 while it is still incomplete. It raises FrameError on a
-    header over the limits, a nested or non-bulk element, or a malformed number.
-    """
-
-    __slots__ = ("head", "elems", "skip", "size", "max_args", "max_bulk")
-
-    def __init__(self, limits: Limits) -> None:
-        self.max_args = limits.max_args
-        self.max_bulk = limits.max_request
-        self.reset()
-
-    def reset(self) -> None:
-        self.head = b""  # a header line split across reads
-        self.elems = -1  # elements still to come; -1: the array header itself
-        self.skip = 0  # body bytes (and CRLF) still to skip
-        self.size = 0  # declared size of the frame so far
-
-    def feed(self, data: bytes, start: int = 0) -> int:
-        pos = start
-        n = len(data)
-        while True:
-            if self.skip:
-                if pos + self.skip > n:
-                    self.skip -= n - pos
-                    return -1
-                pos += self.skip
-                self.skip = 0
-            if self.elems == 0:
-                self.reset()
-                return pos
-            if pos >= n:
-                return -1
-            if self.head:
-                need = _MAX_HEADER - len(self.head)
-                chunk = self.head + data[pos : pos + need]
-                e = chunk.find(CRLF)
-                if e < 0:
-                    if len(chunk) >= _MAX_HEADER:
-                        raise FrameError("too big header")
-                    self.head = chunk
-                    return -1
-                line = chunk[:e]
-                pos += e + 2 - len(self.head)
-                self.head = b""
-            else:
-                e = data.find(CRLF, pos, pos + _MAX_HEADER)
-                if e < 0:
-                    if n - pos >= _MAX_HEADER:
-                        raise FrameError("too big header")
-                    self.head = data[pos:]
-                    return -1
-                line = data[pos:e]
-                pos = e + 2
-            self._header(line)
-
-    def _header(self, line: bytes) -> None:
-        kind = line[:1]
-        try:
-            num = int(line[1:])
-        except ValueError:
-            raise FrameError("invalid length") from None
-        if self.elems < 0:
-            if kind != b"*":
-                raise FrameError(f"expected '*', got '{kind.decode('latin-1')}'")
-            if num > self.max_args:
-                raise FrameError("invalid multibulk length")
-            self.elems = max(num, 0)
-            return
-        if kind != b"$":
-            raise FrameError(f"expected '$', got '{kind.decode('latin-1')}'")
-        if num < 0 or num > self.max_bulk:
-            raise FrameError("invalid bulk length")
-        self.size += num
-        if self.size > self.max_bulk:
-            raise FrameError("request too large")
-        self.elems -= 1
-        self.skip = num + 2
-
-
-def frame_size(args: list[bytes]) -> int:
-    """Bytes of the canonical RESP encoding of a request (hiredis refuses any other)."""
-    n = len(args)
-    s = 4 if n < 10 else 3 + len(str(n))
-    for a in args:
-        la = len(a)
-        s += la + (6 if la < 10 else 7 if la < 100 else 5 + len(str(la)))
-    return s

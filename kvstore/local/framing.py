@@ -1,0 +1,221 @@
+"""Requests from bytes: hiredis parses, this module checks what hiredis cannot.
+
+No hand parser: hiredis turns bytes into requests. But hiredis waits for all the bytes a
+header announces before it returns anything (so `$999999999999` would hang the client
+and buffer forever), and it allocates an array as soon as it reads `*N`. So we check
+sizes ourselves, cheaply: the bytes of every request hiredis returns are counted (a
+request's encoding is canonical, hiredis refuses any other), which tells whether a read
+ends inside a request; only then, and for rare suspicious array headers, does
+`FrameGuard` walk headers, never bodies.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import hiredis
+
+from kvstore.local.resp import CRLF, Limits
+
+# An array header of 1,000,000 elements or more (8 MB for hiredis to allocate at once).
+_SUSPECT = re.compile(rb"\*[1-9][0-9]{6}")
+
+
+class RequestParser:
+    """Bytes in, requests (lists of bytes) out; one per connection."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.reader = hiredis.Reader()
+        self.guard = FrameGuard(limits)
+        self.carry = 0  # bytes of an incomplete request held by hiredis
+
+    def feed(self, data: bytes, frames: list[Any]) -> None:
+        """Append the complete requests in `data` to `frames`; FrameError after the last
+        good one if the bytes break the protocol or a limit."""
+        reader = self.reader
+        start = resolved = 0
+        if self.carry:
+            # An incomplete request is pending: check the rest of its headers before
+            # hiredis sees them (a huge `*N` or `$N` would make it allocate or wait).
+            end = self.guard.feed(data)
+            if end < 0:
+                self.carry += len(data)
+                if self.carry > self.limits.max_request:
+                    raise FrameError("request too large")
+                reader.feed(data)
+                return
+            self.carry = 0
+            start, resolved = end, 1
+        failure = None
+        if _SUSPECT.search(data, start):
+            # hiredis allocates an array as soon as it reads `*N`: walk these headers first.
+            bad = _first_bad_frame(data, start, self.guard)
+            if bad is not None:
+                pos, failure = bad
+                data = data[:pos]  # the requests before it are still answered
+        reader.feed(data)
+        try:
+            while (f := reader.gets()) is not False:
+                frames.append(f)
+        except hiredis.ProtocolError as e:
+            failure = str(e).removeprefix("Protocol error, ")
+        except MemoryError:
+            failure = "request too large"
+        try:
+            if resolved:
+                if not frames:
+                    raise FrameError("lost track of the request stream")
+                frame_size(frames[0])  # checks it is a list of bytes
+            rest = len(data) - start
+            # Does a read end inside a request? The requests hiredis returned must
+            # account for every byte; if not, the guard checks the rest's headers.
+            used = sum(map(frame_size, frames[resolved:]))  # also checks types
+            if used != rest and failure is None:
+                if used > rest:
+                    raise FrameError("lost track of the request stream")
+                self.carry = rest - used
+                if self.carry > self.limits.max_request:
+                    raise FrameError("request too large")
+                self.guard.reset()
+                if self.guard.feed(data, len(data) - self.carry) >= 0:
+                    raise FrameError("lost track of the request stream")
+        except FrameError:
+            # Keep the well-formed requests before the first bad one.
+            for i, f in enumerate(frames):
+                if not _well_formed(f):
+                    del frames[i:]
+                    break
+            raise
+        if failure is not None:
+            raise FrameError(failure)
+
+
+class FrameError(Exception):
+    """A request frame the server refuses; the message follows `Protocol error: `."""
+
+
+_MAX_HEADER = 24  # '*' or '$', up to 20 digits, CRLF
+
+
+class FrameGuard:
+    """Walks the headers of the one request frame hiredis holds incomplete.
+
+    `feed` checks each header as it arrives (array length, element type, bulk length),
+    skipping bulk bodies without copying them, and returns the offset in `data` where
+    the frame ends, or -1 while it is still incomplete. It raises FrameError on a
+    header over the limits, a nested or non-bulk element, or a malformed number.
+    """
+
+    __slots__ = ("head", "elems", "skip", "size", "max_args", "max_bulk")
+
+    def __init__(self, limits: Limits) -> None:
+        self.max_args = limits.max_args
+        self.max_bulk = limits.max_request
+        self.reset()
+
+    def reset(self) -> None:
+        self.head = b""  # a header line split across reads
+        self.elems = -1  # elements still to come; -1: the array header itself
+        self.skip = 0  # body bytes (and CRLF) still to skip
+        self.size = 0  # declared size of the frame so far
+
+    def feed(self, data: bytes, start: int = 0) -> int:
+        pos = start
+        n = len(data)
+        while True:
+            if self.skip:
+                if pos + self.skip > n:
+                    self.skip -= n - pos
+                    return -1
+                pos += self.skip
+                self.skip = 0
+            if self.elems == 0:
+                self.reset()
+                return pos
+            if pos >= n:
+                return -1
+            if self.head:
+                need = _MAX_HEADER - len(self.head)
+                chunk = self.head + data[pos : pos + need]
+                e = chunk.find(CRLF)
+                if e < 0:
+                    if len(chunk) >= _MAX_HEADER:
+                        raise FrameError("too big header")
+                    self.head = chunk
+                    return -1
+                line = chunk[:e]
+                pos += e + 2 - len(self.head)
+                self.head = b""
+            else:
+                e = data.find(CRLF, pos, pos + _MAX_HEADER)
+                if e < 0:
+                    if n - pos >= _MAX_HEADER:
+                        raise FrameError("too big header")
+                    self.head = data[pos:]
+                    return -1
+                line = data[pos:e]
+                pos = e + 2
+            self._header(line)
+
+    def _header(self, line: bytes) -> None:
+        kind = line[:1]
+        try:
+            num = int(line[1:])
+        except ValueError:
+            raise FrameError("invalid length") from None
+        if self.elems < 0:
+            if kind != b"*":
+                raise FrameError(f"expected '*', got '{kind.decode('latin-1')}'")
+            if num > self.max_args:
+                raise FrameError("invalid multibulk length")
+            self.elems = max(num, 0)
+            return
+        if kind != b"$":
+            raise FrameError(f"expected '$', got '{kind.decode('latin-1')}'")
+        if num < 0 or num > self.max_bulk:
+            raise FrameError("invalid bulk length")
+        self.size += num
+        if self.size > self.max_bulk:
+            raise FrameError("request too large")
+        self.elems -= 1
+        self.skip = num + 2
+
+
+def frame_size(args: object) -> int:
+    """Bytes of the canonical RESP encoding of a request (hiredis refuses any other).
+
+    Raises FrameError unless `args` is what a request must be: a list of bulk strings.
+    """
+    if type(args) is not list:
+        raise FrameError("expected an array of bulk strings")
+    n = len(args)
+    s = 4 if n < 10 else 3 + len(str(n))
+    for a in args:
+        if type(a) is not bytes:
+            raise FrameError("expected an array of bulk strings")
+        la = len(a)
+        s += la + (6 if la < 10 else 7 if la < 100 else 5 + len(str(la)))
+    return s
+
+
+def _well_formed(f: Any) -> bool:
+    return type(f) is list and all(type(x) is bytes for x in f)
+
+
+def _first_bad_frame(data: bytes, pos: int, guard: FrameGuard) -> tuple[int, str] | None:
+    """Offset and reason of the first request in data[pos:] whose headers break a limit."""
+    guard.reset()
+    try:
+        while pos < len(data):
+            try:
+                end = guard.feed(data, pos)
+            except FrameError as e:
+                return pos, str(e)
+            if end < 0:
+                return None
+            pos = end
+        return None
+    finally:
+        guard.reset()
