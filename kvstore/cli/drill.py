@@ -54,14 +54,15 @@ def run(obj: dict[str, Any], scenario: str, duration: float, clients: int, seed:
 
     Exit code 1 when the history is not linearizable or an acknowledged write was lost.
     """
-    from kvstore.drills.runner import DrillOptions, run_drill
+    from kvstore.drills.runner import DrillOptions, run_drill, terminate_as_interrupt
     from kvstore.drills.scenarios import ScenarioSkipped
 
     console = Console(stderr=True)
     opts = DrillOptions(scenario=scenario, base_dir=obj["dir"], duration=duration, clients=clients, seed=seed,
                         report_dir=report_dir, net=net, nodes=nodes, keys=keys, check_budget_s=check_budget)
     try:
-        res = run_drill(opts, console=console)
+        with terminate_as_interrupt():
+            res = run_drill(opts, console=console)
     except ScenarioSkipped as e:
         console.print(f"[yellow]{e}[/]")
         if as_json:
@@ -81,18 +82,14 @@ def run(obj: dict[str, Any], scenario: str, duration: float, clients: int, seed:
 
 
 def _verdict(console: Console, res: Any) -> None:
-    lin = {True: "[bold green]yes[/]", False: "[bold red]NO[/]", None: "[yellow]unknown (search budget ran out)[/]"}
-    ops = res.ops
-    console.print(f"[bold]drill {res.scenario}[/] seed {res.seed}, network {res.net}: "
-                  f"{res.duration_s:.1f}s, {res.faults} fault(s)")
-    console.print(f"  operations     {ops.get('ok', 0)} ok, {ops.get('failed', 0)} failed, "
-                  f"{ops.get('unknown', 0)} unknown")
-    console.print(f"  linearizable   {lin[res.linearizable]}"
-                  + (f" (violations on {', '.join(res.check['violations'])})" if res.check.get("violations") else ""))
-    console.print(f"  lost writes    {'[bold red]' if res.lost_writes else ''}{res.lost_writes}"
-                  f"{'[/]' if res.lost_writes else ''}"
-                  + (f" (keys not read at the end: {', '.join(res.unread_keys)})" if res.unread_keys else ""))
-    console.print(f"  unavailable    longest stretch without a successful write: {res.max_unavailable_ms:.0f} ms")
-    console.print(f"  recovered      {'yes' if res.recovered else '[red]no[/]'}: {res.recovery}")
-    console.print(f"  report         {res.report}")
+    from kvstore.drills.report import format_summary
+
+    if res.verdict is not None:
+        console.print(format_summary(res.verdict, res.lost_ops, res.availability, res.to_json()))
+    if res.unread_keys:
+        console.print(f"[yellow]keys not read at the end (their lost writes go unjudged): "
+                      f"{', '.join(res.unread_keys)}[/]")
+    console.print(f"recovered after healing: {'yes' if res.recovered else '[red]no[/]'} ({res.recovery})")
+    console.print(f"network: {res.net_detail}")
+    console.print(f"report: {res.report}")
     sys.stdout.flush()

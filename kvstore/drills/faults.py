@@ -11,7 +11,6 @@ start, end) and tells the progress display what is going on.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import threading
 import time
@@ -67,6 +66,7 @@ class DrillCluster:
         self.all_nodes = [n.name for n in cfg.nodes]
         self.members = [n.name for n in cfg.nodes if n.initial]  # voters now (membership drills change it)
         self.spares = [n for n in self.all_nodes if n not in self.members]
+        self.retired: list[str] = []  # removed members (their data retired by remove-node)
         self.paused: set[str] = set()
         self._lock = threading.Lock()
 
@@ -120,12 +120,6 @@ class DrillCluster:
         if pid is not None:
             procs.signal_node(pid, signal.SIGCONT)
         self.paused.discard(node)
-
-    def wipe(self, node: str) -> None:
-        """Forget a stopped node's data (a member removed for good, to join again fresh)."""
-        if self.is_up(node):
-            raise RuntimeError(f"{node} is running; stop it before wiping its data")
-        shutil.rmtree(self.data_dir / node / "data", ignore_errors=True)
 
     # -- looking --
 

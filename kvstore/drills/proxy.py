@@ -376,6 +376,7 @@ class ProxyMesh:
     """A link for every ordered pair of nodes, and partitions spoken in node names."""
 
     kind = "proxy"
+    can_shape = True  # delay and loss
 
     def __init__(self, nodes: dict[str, str], *, seed: int | None = None, host: str = "127.0.0.1") -> None:
         self.nodes = list(nodes)

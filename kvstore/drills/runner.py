@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import random
 import shutil
+import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,9 +36,9 @@ from rich.text import Text
 from kvstore import config as cfgmod
 from kvstore.cluster import manage
 from kvstore.config import ClusterConfig, NodeConfig, RaftSettings
-from kvstore.drills import checker
+from kvstore.drills import checker, report
 from kvstore.drills.faults import DrillCluster, FaultLog, Network
-from kvstore.drills.history import History
+from kvstore.drills.history import History, Op
 from kvstore.drills.scenarios import DrillContext, Scenario, ScenarioSkipped, get
 from kvstore.drills.workload import Workload, final_reads
 from kvstore.errors import Unavailable, UsageError
@@ -62,6 +63,7 @@ class DrillOptions:
     recover_timeout: float = 30.0
     node_env: dict[str, str] = field(default_factory=dict)  # extra environment for every node
     keep_data: bool = False  # keep the nodes' LMDB files after the drill
+    write_report: bool = True  # the HTML page (matplotlib: a few seconds); the history is always saved
 
 
 @dataclass
@@ -88,24 +90,59 @@ class DrillResult:
     history: str
     dir: str
     availability: dict[str, Any] = field(repr=False, default_factory=dict)
+    verdict: checker.Verdict | None = field(repr=False, default=None)
+    lost_ops: list[Op] = field(repr=False, default_factory=list)
 
     @property
     def failed(self) -> bool:
         return self.linearizable is False or self.lost_writes > 0
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("availability")
+        d = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("availability", "verdict", "lost_ops")
+        }
         d["check"] = {k: v for k, v in self.check.items() if k != "keys"}
         d["max_unavailable_ms"] = round(self.max_unavailable_ms, 1)
         d["duration_s"] = round(self.duration_s, 3)
         return d
 
 
-def drill_config(nodes: int, spares: int, request_timeout_ms: int) -> ClusterConfig:
-    ns = [NodeConfig(name=f"n{i + 1}") for i in range(nodes)]
-    ns += [NodeConfig(name=f"n{nodes + i + 1}", initial=False) for i in range(spares)]
+def drill_config(nodes: int, spares: int, request_timeout_ms: int, host: str = "127.0.0.1") -> ClusterConfig:
+    ports = listen_ports(2 * (nodes + spares), host)
+    ns = [NodeConfig(name=f"n{i + 1}", initial=i < nodes, grpc_port=ports[2 * i], metrics_port=ports[2 * i + 1])
+          for i in range(nodes + spares)]
     return ClusterConfig(name="drill", nodes=tuple(ns), raft=RaftSettings(request_timeout_ms=request_timeout_ms))
+
+
+def listen_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """Free ports below the kernel's ephemeral range.
+
+    A node killed by a drill must find its port free when it restarts; a port from the
+    ephemeral range (what bind(0) hands out) may meanwhile become the local end of some
+    outgoing connection (a client's, a proxy's) or a proxy's listener.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    lo, hi = 10000, max(10000 + 10 * n, low - 1)
+    rng = random.SystemRandom()
+    out: list[int] = []
+    for _ in range(50 * n):
+        if len(out) == n:
+            return out
+        port = rng.randrange(lo, hi)
+        if port in out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        out.append(port)
+    raise Unavailable(f"no {n} free ports between {lo} and {hi} on {host}")
 
 
 def make_network(mode: str, nodes: dict[str, str], seed: int) -> Network:
@@ -218,7 +255,12 @@ def run_drill(opts: DrillOptions, console: Console | None = None,
     workload: Workload | None = None
     try:
         net = make_network(opts.net, {n.name: n.grpc_address for n in cfg.nodes}, seed)
-        if opts.net == "netns":  # the nodes now listen on their namespace's address
+        hosts: dict[str, str] | None = getattr(net, "hosts", None)
+        if hosts:  # netns: every node listens on its namespace's address
+            cfg = dataclasses.replace(
+                cfg, nodes=tuple(dataclasses.replace(n, host=hosts[n.name]) for n in cfg.nodes)
+            )
+            manage.config_path(drill_dir).write_text(cfgmod.dump(cfg))
             cfg = manage.load(drill_dir)
         prog.say(f"drill [bold]{scenario.name}[/] seed {seed}: {opts.nodes} nodes, {opts.clients} clients, "
                  f"{opts.duration:g}s; network: {net.describe()}")
@@ -229,7 +271,8 @@ def run_drill(opts: DrillOptions, console: Console | None = None,
         cluster.start_all()
         leader = cluster.leader(timeout=30.0)
         if leader is None:
-            raise Unavailable(f"the drill's cluster elected no leader within 30s; see {drill_dir}/*/node.log")
+            raise Unavailable(f"the drill's cluster elected no leader within 30s ({_diagnose(cluster)}); "
+                              f"see {drill_dir}/*/node.log")
         prog.say(f"leader: {leader}")
 
         history = History()
@@ -286,37 +329,82 @@ def run_drill(opts: DrillOptions, console: Console | None = None,
             final_reads=finals, unread_keys=unread, check=verdict.to_dict(),
             lost=[op.to_dict() for op in lost], report=None, history=str(hist_path), dir=str(drill_dir),
             availability=avail,
+            verdict=verdict,
+            lost_ops=lost,
         )
-        report_dir = (opts.report_dir or drill_dir / "report").absolute()
-        result.report = _write_report(report_dir, history, verdict, lost, avail, result)
+        if opts.write_report:
+            report_dir = (opts.report_dir or drill_dir / "report").absolute()
+            result.report = _write_report(report_dir, history, verdict, lost, avail, result)
         (drill_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
         return result
     finally:
-        if workload is not None:
-            workload.stop(timeout=opts.client_timeout + 2)
-        if cluster is not None:
-            cluster.teardown()
-        elif manage.config_path(drill_dir).exists():
-            with contextlib.suppress(Exception):
-                manage.down(drill_dir, grace=2.0)
-        if net is not None:
-            net.close()
-        if not opts.keep_data:
-            for n in cfg.nodes:
-                shutil.rmtree(drill_dir / n.name / "data", ignore_errors=True)
+        with _interrupts_deferred():  # a second Ctrl-C must not leave nodes behind
+            if workload is not None:
+                workload.stop(timeout=opts.client_timeout + 2)
+            if cluster is not None:
+                cluster.teardown()
+            elif manage.config_path(drill_dir).exists():
+                with contextlib.suppress(Exception):
+                    manage.down(drill_dir, grace=2.0)
+            if net is not None:
+                net.close()
+            if not opts.keep_data:
+                for home in [drill_dir / n.name for n in cfg.nodes] + list(drill_dir.glob("*.removed-*")):
+                    shutil.rmtree(home / "data", ignore_errors=True)
+
+
+def _diagnose(cluster: DrillCluster) -> str:
+    """Each node's state, and the last log line of those not serving."""
+    parts = []
+    for r in cluster.status()["nodes"]:
+        if r["name"] not in cluster.members:
+            continue
+        part = f"{r['name']} {r['role']}"
+        if r["role"] in ("down", "starting"):
+            with contextlib.suppress(OSError, IndexError):
+                last = (cluster.data_dir / r["name"] / "node.log").read_text().strip().splitlines()[-1]
+                part += f": {last[-160:]}"
+        parts.append(part)
+    return "; ".join(parts)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while tearing down; re-raise Ctrl-C afterwards if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in old:
+        signal.signal(sig, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if got:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a CI timeout) tears the drill down like Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _write_report(out: Path, history: History, verdict: checker.Verdict, lost: list[Any],
                   avail: dict[str, Any], result: DrillResult) -> str:
-    """The HTML report (kvstore.drills.report), or a JSON summary if that module is missing."""
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {k: v for k, v in result.to_json().items() if k not in ("check", "lost")}
-    try:
-        report: Any = importlib.import_module("kvstore.drills.report")
-    except ImportError:
-        p = out / "report.json"
-        p.write_text(json.dumps({"meta": meta, "check": verdict.to_dict(), "availability": avail,
-                                 "lost": [op.to_dict() for op in lost]}, indent=2))
-        return str(p)
-    path = report.write_report(out, history, verdict=verdict, lost=lost, availability=avail, meta=meta)
-    return str(path)
+    meta = {k: v for k, v in result.to_json().items() if k not in ("check", "lost", "report")}
+    return str(report.write_report(out, history, verdict=verdict, lost=lost, availability=avail, meta=meta))
