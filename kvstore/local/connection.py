@@ -61,6 +61,8 @@ class Connection(asyncio.Protocol):
         self.covered = 0  # requests received before the last read barrier started
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
+        self.busy = False  # a Task runs the queue, or submitted writes are pending
+        self.pending: list[tuple[asyncio.Future[Any] | None, Any]] = []
         self.closing = False
         self.eof = False  # the client half-closed: answer what it sent, then close
         self.failed = False  # a protocol error is queued: read nothing more
@@ -69,6 +71,8 @@ class Connection(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
         # Optional capabilities of the backend (see SingleNodeBackend):
         self.ordered = bool(getattr(server.backend, "ordered_writes", False))
+        # submit_write(cmd) -> Future: queue a write without a coroutine (implies ordered).
+        self.submit = getattr(server.backend, "submit_write", None)
         self.barrier_free = bool(getattr(server.backend, "barrier_free", False))
 
     # -- asyncio callbacks -------------------------------------------------------------
@@ -108,7 +112,7 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        return self.task is not None or bool(self.queue)  # False: asyncio closes now
+        return self.busy or bool(self.queue)  # False: asyncio closes now
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -142,7 +146,7 @@ class Connection(asyncio.Protocol):
         self.queued_bytes += len(data)
         if len(q) > self.limits.max_pipeline or self.queued_bytes > self.limits.max_queued_bytes:
             self._update_reading()
-        if q and self.task is None:
+        if q and not self.busy:
             self._run()
 
     # -- running requests ----------------------------------------------------------------
@@ -168,6 +172,19 @@ class Connection(asyncio.Protocol):
             try:
                 spec = self._spec(args)
                 kind = spec.kind
+                if kind == WRITE and self.submit is not None:
+                    items = self._submit_run()
+                    if any(f is not None and not f.done() for f, _ in items):
+                        if out:
+                            self._flush(out)
+                        self.server.stats["total_commands_processed"] += n
+                        self.busy = True
+                        self.pending = items
+                        return self._wait_writes()
+                    reply = self._write_replies(items)  # all refused at once: go on here
+                    out.append(reply)
+                    size += len(reply)
+                    continue
                 if kind == WRITE or (
                     kind == READ
                     and not (sess.readonly or self.barrier_free)
@@ -197,6 +214,7 @@ class Connection(asyncio.Protocol):
         if out:
             self._flush(out)
         if q and not self.closing:
+            self.busy = True
             self.task = asyncio.get_running_loop().create_task(self._drain())
             self.task.add_done_callback(self._task_done)
         else:
@@ -207,10 +225,58 @@ class Connection(asyncio.Protocol):
         if not task.cancelled() and task.exception() is not None:
             log.error("connection %d failed", self.session.id, exc_info=task.exception())
             self.abort()
-        if self.queue and not self.closing:  # arrived after the Task's last look
+        self._resume()
+
+    def _resume(self) -> None:
+        self.busy = False
+        if self.queue and not self.closing:  # arrived while we waited
             self._run()
         else:
             self._finish()
+
+    def _submit_run(self) -> list[tuple[asyncio.Future[Any] | None, Any]]:
+        """Submit the write at the head of the queue and the writes right after it."""
+        q, sess = self.queue, self.session
+        items: list[tuple[asyncio.Future[Any] | None, Any]] = []
+        while q and len(items) < 1024:
+            args = q[0]
+            spec = self.table.get(args[0]) if items else self._spec(args)
+            if spec is None or spec.kind != WRITE or (spec.arity != len(args) and len(args) < -spec.arity):
+                break
+            q.popleft()
+            sess.last_cmd = args[0]
+            try:
+                cmd, fmt = spec.fn(sess, args)
+                items.append((self.submit(cmd), fmt))  # type: ignore[misc]
+            except Exception as e:
+                items.append((None, self._error(e, args)))
+        self.server.stats["total_commands_processed"] += len(items)
+        return items
+
+    def _wait_writes(self, _: object = None) -> None:
+        """Answer submitted writes, in order, once all are done; then go on with the queue."""
+        for fut, _fmt in self.pending:
+            if fut is not None and not fut.done():
+                fut.add_done_callback(self._wait_writes)
+                return
+        reply = self._write_replies(self.pending)
+        self.pending = []
+        self._flush([reply])
+        self._resume()
+
+    def _write_replies(self, items: list[tuple[asyncio.Future[Any] | None, Any]]) -> bytes:
+        parts = []
+        proto = self.session.proto
+        for fut, fmt in items:
+            if fut is None:
+                parts.append(fmt)
+            elif fut.cancelled():
+                parts.append(self._error(Unknown("the write was cancelled"), None))
+            elif (exc := fut.exception()) is not None:
+                parts.append(self._error(exc if isinstance(exc, Exception) else Unknown(str(exc)), None))
+            else:
+                parts.append(fmt(fut.result(), proto))
+        return b"".join(parts)
 
     def _finish(self) -> None:
         """The queue is empty (or the connection is done)."""
@@ -254,7 +320,7 @@ class Connection(asyncio.Protocol):
                         cmd, fmt = spec.fn(sess, args)
                         if out:
                             size = self._flush(out)
-                        if self.ordered and q:
+                        if (self.ordered and q) or self.submit is not None:
                             reply, k = await self._write_run(cmd, fmt)
                             n += k
                         else:
@@ -284,10 +350,14 @@ class Connection(asyncio.Protocol):
         commit each. Replies still go out in request order.
         """
         q, sess, table = self.queue, self.session, self.table
-        start = asyncio.get_running_loop().create_task
-        items: list[tuple[asyncio.Task[Any] | None, Formatter | bytes]] = [
-            (start(self.backend.write(cmd)), fmt)
-        ]
+        submit = self.submit
+        if submit is None:
+            create_task = asyncio.get_running_loop().create_task
+
+            def submit(c: Command) -> asyncio.Future[Any]:
+                return create_task(self.backend.write(c))
+
+        items: list[tuple[asyncio.Future[Any] | None, Any]] = [(submit(cmd), fmt)]
         while q and len(items) < 1024:
             args = q[0]
             spec = table.get(args[0])
@@ -296,17 +366,16 @@ class Connection(asyncio.Protocol):
             q.popleft()
             try:
                 c, f = spec.fn(sess, args)
-            except CommandError as e:
-                items.append((None, resp.error(str(e))))
-                continue
-            items.append((start(self.backend.write(c)), f))
+                items.append((submit(c), f))
+            except Exception as e:
+                items.append((None, self._error(e, args)))
         parts = []
-        for task, f in items:
-            if task is None:
-                parts.append(cast(bytes, f))
+        for fut, f in items:
+            if fut is None:
+                parts.append(f)
                 continue
             try:
-                parts.append(cast(Formatter, f)(await task, sess.proto))
+                parts.append(f(await fut, sess.proto))
             except Exception as e:
                 parts.append(self._error(e, None))
         return b"".join(parts), len(items) - 1

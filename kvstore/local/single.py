@@ -125,16 +125,25 @@ class SingleNodeBackend:
     # -- Backend -------------------------------------------------------------------------
 
     async def write(self, cmd: Command) -> Result:
+        return await self.submit_write(cmd)
+
+    def submit_write(self, cmd: Command) -> asyncio.Future[Result]:
+        """Queue a write for the next group commit; the future resolves once it is applied.
+
+        Writes apply in submission order. The RESP server uses this, when a backend has
+        it, to keep a pipeline's writes in flight together without a Task for each.
+        """
         if self._closed:
             raise KVError("node is shutting down")
         for k in statemachine.keys_of(cmd):
             if not 0 < len(k) <= MAX_KEY:
                 raise LimitExceeded(f"key is {len(k)} bytes; keys must be 1 to {MAX_KEY} bytes")
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Result] = loop.create_future()
         self._pending.append((cmd, fut))
         if self._committer is None:
-            self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
-        return await fut
+            self._committer = loop.create_task(self._commit_loop())
+        return fut
 
     async def read_barrier(self) -> None:
         return None
@@ -210,9 +219,11 @@ class SingleNodeBackend:
                 return
             self.applied = index
             if self.cache is not None:
+                final: dict[bytes, bytes | None] = {}  # a key written n times: cache it once
                 for _, changes in outcomes:
-                    for k, v in changes:
-                        self._cache_set(k, v)
+                    final.update(changes)
+                for k, v in final.items():
+                    self._cache_set(k, v)
             for (_, fut), (result, _) in zip(batch, outcomes, strict=True):
                 if not fut.done():
                     fut.set_result(result)

@@ -57,8 +57,11 @@ class ForwardingBackend:
         node_name: str,
         barrier_free: bool = False,
         timeout: float = 30.0,
+        cache_name: str | None = None,
+        store_path: str | None = None,
     ) -> None:
         self.node_name = node_name
+        self._storage = {"store_path": store_path or "", "cache_name": cache_name or ""}
         self.store = store
         self.cache = cache
         self.barrier_free = barrier_free
@@ -87,7 +90,8 @@ class ForwardingBackend:
         return self.store.count()  # type: ignore[no-any-return]
 
     def info(self) -> dict[str, dict[str, Any]]:
-        return {**self._info, "worker": {"worker_pid": os.getpid(), "parent_pid": os.getppid()}}
+        worker = {"worker_pid": os.getpid(), "parent_pid": os.getppid()}
+        return {**self._info, "storage": self._storage, "worker": worker}
 
     async def refresh_info(self) -> None:
         """The node's replication section, for INFO (which must answer without waiting)."""
@@ -244,7 +248,13 @@ async def _worker_main(cfg: dict[str, Any]) -> None:
 
         cache = ShmCache.attach(cfg["cache"])
     backend = ForwardingBackend(
-        cfg["internal"], store, cache, node_name=cfg["node"], barrier_free=cfg["barrier_free"]
+        cfg["internal"],
+        store,
+        cache,
+        node_name=cfg["node"],
+        barrier_free=cfg["barrier_free"],
+        cache_name=cfg["cache"],
+        store_path=cfg["store"],
     )
     await backend.refresh_info()
     sock = socket.socket(fileno=cfg["fd"])
