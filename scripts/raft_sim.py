@@ -27,7 +27,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=1000, help="how many seeds to sweep")
     ap.add_argument("--start", type=int, default=0, help="first seed of the sweep")
     ap.add_argument("--nodes", type=int, choices=[3, 5], action="append", help="cluster size (repeatable)")
-    ap.add_argument("--ticks", type=int, default=150, help="ticks of chaos per seed")
+    ap.add_argument("--ticks", type=int, default=100, help="ticks of chaos per seed")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="-v trace events, -vv every message")
     ap.add_argument("--unsafe-commit", action="store_true", help="sabotage the commit rule (demo)")
     ap.add_argument("--unsafe-vote", action="store_true", help="sabotage vote persistence (demo)")

@@ -19,7 +19,17 @@ class ProgressState(IntEnum):
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "probe_sent", "inflights", "max_inflight", "pending_snapshot", "recent_active")
+    __slots__ = (
+        "match",
+        "next",
+        "state",
+        "probe_sent",
+        "inflights",
+        "max_inflight",
+        "pending_snapshot",
+        "recent_active",
+        "sent_commit",
+    )
 
     def __init__(self, next_index: int, max_inflight: int, match: int = 0) -> None:
         self.match = match
@@ -30,6 +40,7 @@ class Progress:
         self.max_inflight = max(1, max_inflight)
         self.pending_snapshot = 0
         self.recent_active = False  # heard from since the last check-quorum round
+        self.sent_commit = 0  # the commit index the last AppendEntries carried
 
     def become_probe(self) -> None:
         if self.state == ProgressState.SNAPSHOT:

@@ -105,6 +105,8 @@ class Cluster:
         self.check = Checker()
         self.nodes: dict[str, SimNode] = {}
         self.next_id = n + 1
+        self.check_permanence = True  # check each leader commit can no longer be overwritten
+        self.check_hard_state = True  # check a node's term never goes back nor its vote changes
         self.crash_mid_ready = 0.0  # chance that a node crashes after persisting a Ready, before sending
         self.crash_new_leader = 0.0  # ... the first Ready of a new leader (its no-op never leaves)
         self.proposals = 0
@@ -208,7 +210,7 @@ class Cluster:
         for _ in range(copies):
             self.seq += 1
             lost = bool(self.drop) and self.rng.random() < self.drop
-            at = self.now + self.rng.randint(1, self.max_delay)
+            at = self.now + 1 + int(self.rng.random() * self.max_delay)
             heapq.heappush(self.flights, (at, self.seq, _Flight(m, payload, lost)))
 
     def _deliver_due(self) -> None:
@@ -229,11 +231,15 @@ class Cluster:
                     dst.incoming[f.payload[0], m.snapshot.term if m.snapshot else 0] = f.payload
                 dst.core.step(m)
                 self._after_input(dst)
+            sender = self.nodes.get(m.src)
+            if sender is None or sender.core is None:
+                continue
             if m.type == MsgType.SNAPSHOT:
-                sender = self.nodes.get(m.src)
-                if sender is not None and sender.core is not None:
-                    sender.core.report_snapshot(m.dst, ok)
-                    self._after_input(sender)
+                sender.core.report_snapshot(m.dst, ok)  # the shell's snapshot transfer ended
+                self._after_input(sender)
+            elif not ok and not f.lost and m.type == MsgType.APPEND:
+                sender.core.report_unreachable(m.dst)  # the transport noticed the peer is gone
+                self._after_input(sender)
 
     # ---------------------------------------------------------------- time
 
@@ -336,15 +342,13 @@ class Cluster:
     # ---------------------------------------------------------------- the shell
 
     def _after_input(self, node: SimNode) -> None:
+        """After anything that may change a node: a Ready to take, maybe a new leader."""
         self.dirty[node.id] = node
         c = node.core
-        if c is not None and c.is_leader:
-            if node.lead_term != c.term:
-                node.lead_term = c.term
-                self._log(1, f"{node.id} becomes leader of term {c.term} (last {c.last_index})")
-                self.check.on_leader(node.id, c)
-            else:
-                self.check.on_leader_log(node.id, c, *node.lead_last)
+        if c is not None and c.is_leader and node.lead_term != c.term:
+            node.lead_term = c.term
+            self._log(1, f"{node.id} becomes leader of term {c.term} (last {c.last_index})")
+            self.check.on_leader(node.id, c)
             node.lead_last = (c.last_index, c.log.last_term())
 
     def process_readies(self) -> None:
@@ -356,6 +360,9 @@ class Cluster:
 
     def _handle_ready(self, node: SimNode, c: RaftCore, rd: Ready) -> None:
         chk = self.check
+        if c.is_leader and node.lead_term == c.term:
+            chk.on_leader_log(node.id, c, *node.lead_last)
+            node.lead_last = (c.last_index, c.log.last_term())
         # 1. persist: snapshot, entries, hard state
         if rd.snapshot is not None:
             s = rd.snapshot
@@ -376,15 +383,16 @@ class Cluster:
             node.entries.extend(rd.entries)
         if rd.hard_state is not None:
             hs = rd.hard_state
-            if node.hard_state is not None and (hs.term, hs.vote) != (node.hard_state.term, node.hard_state.vote):
-                if hs.term < node.hard_state.term or (
-                    hs.term == node.hard_state.term and node.hard_state.vote not in (None, hs.vote)
-                ):
+            if self.check_hard_state and node.hard_state is not None:
+                old = node.hard_state
+                if hs.term < old.term or hs.commit < old.commit or (hs.term == old.term and old.vote not in (None, hs.vote)):
                     raise Violation(f"{node.id}: hard state went back from {node.hard_state} to {hs}")
             node.hard_state = hs
             if hs.commit > node.commit_seen:
                 chk.on_commit(node.id, c, node.commit_seen, hs.commit)
                 node.commit_seen = hs.commit
+                if c.is_leader and self.check_permanence:
+                    self._check_commit_is_permanent(node, c, hs.commit)
         p = self.crash_mid_ready
         if rd.soft_state is not None and rd.soft_state.role.value == "leader":
             p = max(p, self.crash_new_leader)
@@ -409,6 +417,26 @@ class Cluster:
         if rd.soft_state is not None:
             self._log(1, f"{node.id} is {rd.soft_state.role.value} (leader {rd.soft_state.leader}, term {c.term})")
         c.advance(rd)
+
+    def _check_commit_is_permanent(self, leader: SimNode, c: RaftCore, index: int) -> None:
+        term = c.log.term(index)
+        assert term is not None
+        logs: dict[str, tuple[int, int, bool]] = {}
+        for n in self.nodes.values():
+            if n.retired:
+                continue
+            if n.core is not None:  # what it has in memory
+                lg = n.core.log
+                has = index <= lg.snapshot.index or lg.term(index) == term
+                logs[n.id] = (lg.last_index, lg.last_term(), has)
+            else:  # what it would restart with
+                snap = n.snapshot.index if n.snapshot else 0
+                k = index - snap - 1
+                has = index <= snap or (k < len(n.entries) and n.entries[k].term == term)
+                last = n.entries[-1] if n.entries else None
+                last_term = last.term if last else (n.snapshot.term if n.snapshot else 0)
+                logs[n.id] = (snap + len(n.entries), last_term, has)
+        self.check.on_leader_commit(leader.id, index, term, c.conf_state.voters, logs)
 
     def _log(self, level: int, text: str) -> None:
         if self.verbose >= level:

@@ -7,7 +7,8 @@ Every check is incremental, so a simulation can check after every event:
 - Log Matching: two logs holding an entry with the same index and term are identical up
   to it. Checked as "an (index, term) pair always names the same entry with the same
   predecessor term", which implies the property by induction.
-- Leader Completeness: a new leader's log holds every entry committed so far.
+- Leader Completeness: a new leader's log holds every entry committed so far; and when a
+  leader commits, no log lacking the entry could still win an election.
 - State Machine Safety: all nodes apply the same entry at each index (compared through a
   running hash of the applied state, which also covers snapshots).
 - Read linearizability: a ReadState's index is >= every index committed before the read
@@ -99,6 +100,25 @@ class Checker:
                     self.committed[i] = t
             else:
                 self.committed.append(t or 0)
+
+    def on_leader_commit(
+        self, leader: str, index: int, term: int, voters: tuple[str, ...], logs: dict[str, tuple[int, int, bool]]
+    ) -> None:
+        """A leader just committed (index, term). No node lacking it may be able to win an
+        election, i.e. be at least as up to date as a majority of voters: that is what makes
+        a commit permanent (paper 5.4). `logs`: node -> (last index, last term, has entry).
+        This is the Figure 8 check: it fires the moment an unsafe commit happens, not only
+        when a later leader actually overwrites the entry."""
+        quorum = len(voters) // 2 + 1
+        for n, (li, lt, has) in logs.items():
+            if has:
+                continue
+            beats = [v for v in voters if v in logs and (lt, li) >= (logs[v][1], logs[v][0])]
+            if len(beats) >= quorum:
+                raise Violation(
+                    f"unsafe commit: {leader} committed ({index}, term {term}) but {n} lacks it and its log "
+                    f"(last {li}, term {lt}) is as up to date as voters {beats}: it can win and overwrite it"
+                )
 
     def on_apply(self, node: str, index: int, term: int, state: int) -> None:
         if index < len(self.applied):

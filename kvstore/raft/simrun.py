@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TextIO
 
@@ -109,8 +110,10 @@ def _retire_removed(cl: Cluster) -> None:
                 cl.retire(n.id)
 
 
-def chaos(cl: Cluster, rng: random.Random, ticks: int, nodes: int) -> None:
-    next_partition = rng.randint(5, 40)
+def chaos(cl: Cluster, rng: random.Random, ticks: int, nodes: int, churn: bool) -> None:
+    """`churn`: leaders die young and partitions change fast (elections galore)."""
+    gap = (3, 12) if churn else (5, 40)
+    next_partition = rng.randint(*gap)
     crash_rate = rng.choice([0.0, 0.005, 0.01, 0.02])
     restart_rate = rng.choice([0.05, 0.1, 0.3])
     propose_rate = rng.choice([0.3, 0.6, 0.9])
@@ -118,12 +121,12 @@ def chaos(cl: Cluster, rng: random.Random, ticks: int, nodes: int) -> None:
     compact_rate = rng.choice([0.0, 0.02, 0.08])
     read_rate = rng.choice([0.05, 0.2])
     transfer_rate = rng.choice([0.0, 0.01])
-    leader_crash_rate = rng.choice([0.0, 0.02, 0.05])
+    leader_crash_rate = rng.choice([0.05, 0.1]) if churn else rng.choice([0.0, 0.02])
     reads = 0
     for t in range(ticks):
         if t >= next_partition:
             _partition(cl, rng)
-            next_partition = t + rng.randint(5, 40)
+            next_partition = t + rng.randint(*gap)
         live = [n.id for n in cl.nodes.values() if n.up]
         lead = cl.leader()
         if live and rng.random() < propose_rate:
@@ -136,7 +139,13 @@ def chaos(cl: Cluster, rng: random.Random, ticks: int, nodes: int) -> None:
         if live and rng.random() < crash_rate:
             cl.crash(rng.choice(live))
         if lead is not None and rng.random() < leader_crash_rate:
-            cl.crash(lead)
+            if rng.random() < 0.7:
+                # the leader takes a write, persists it, and dies before sending it anywhere
+                cl.propose(lead, b"v%d" % cl.proposals)
+                cl.process_readies()
+                cl.crash(lead, drop_sent=True)
+            else:
+                cl.crash(lead)
             lead = None
         for n in cl.nodes.values():
             if not n.up and not n.retired and rng.random() < restart_rate:
@@ -186,22 +195,27 @@ def run_seed(
     seed: int,
     nodes: int = 3,
     *,
-    ticks: int = 150,
+    ticks: int = 100,
     cfg: Config | None = None,
     verbose: int = 0,
     out: TextIO | None = None,
+    tweak: Callable[[Cluster], None] | None = None,
 ) -> SimResult:
+    """Run one seed: `ticks` of chaos, then heal and check liveness. `cfg` supplies the
+    settings the seed does not choose (e.g. a test-only sabotage flag); `tweak` may adjust
+    the cluster before it starts (e.g. switch a check off)."""
     started = time.perf_counter()
     rng = random.Random(f"raft-sim:{nodes}:{seed}")
+    churn = rng.random() < 0.3
     base = cfg or Config(id="")
     base = replace(
         base,
-        election_tick=10,
-        heartbeat_tick=rng.choice([1, 2, 3]),
+        election_tick=rng.choice([4, 6]) if churn else 10,
+        heartbeat_tick=1 if churn else rng.choice([1, 2, 3]),
         pre_vote=rng.random() < 0.9,
         check_quorum=rng.random() < 0.9,
         max_inflight=rng.choice([1, 2, 4, 64]),
-        max_entries_per_msg=rng.choice([1, 2, 3, 8, 512]),
+        max_entries_per_msg=1 if churn else rng.choice([1, 2, 3, 8, 512]),
         max_bytes_per_msg=rng.choice([1, 1 << 20]),
         max_uncommitted=rng.choice([20, 10000]),
     )
@@ -210,15 +224,17 @@ def run_seed(
     cl.dup = rng.choice([0.0, 0.0, 0.02, 0.1])
     cl.max_delay = rng.choice([1, 2, 4, 8, 16])
     cl.crash_mid_ready = rng.choice([0.0, 0.0, 0.002, 0.01])
-    cl.crash_new_leader = rng.choice([0.0, 0.1, 0.3])
+    cl.crash_new_leader = 0.5 if churn else rng.choice([0.0, 0.1])
     cl._log(
         1,
-        f"seed {seed}: {nodes} nodes, drop={cl.drop} dup={cl.dup} max_delay={cl.max_delay} "
+        f"seed {seed}: {nodes} nodes, {'churn, ' if churn else ''}drop={cl.drop} dup={cl.dup} max_delay={cl.max_delay} "
         f"cfg={base}",
     )
+    if tweak is not None:
+        tweak(cl)
     res = SimResult(seed, nodes, ok=True)
     try:
-        chaos(cl, rng, ticks, nodes)
+        chaos(cl, rng, ticks, nodes, churn)
         res.ticks = ticks + check_liveness(cl, 400)
     except Violation as e:
         res.ok, res.error = False, str(e)

@@ -182,3 +182,32 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    """A node's Raft settings (times in ticks)."""
+
+    id: str
+    election_tick: int = 10  # followers wait a random election_tick..2*election_tick-1 ticks
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_inflight: int = 64  # AppendEntries in flight per follower
+    max_entries_per_msg: int = 512
+    max_bytes_per_msg: int = 1 << 20
+    max_uncommitted: int = 10000  # proposals beyond this many uncommitted entries are dropped
+    # Test-only sabotage, to prove the simulation catches real bugs. Never set in production.
+    _unsafe_commit_any_term: bool = False  # count replicas of older-term entries (Figure 8)
+    _unsafe_vote_twice: bool = False  # grant a second vote in the same term
+
+
+class NotLeader(Exception):
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+        self.leader = leader
+
+
+class ProposalDropped(Exception):
+    """The leader refused the proposal for now (transfer or conf change pending, backlog)."""
+
