@@ -29,6 +29,7 @@ from kvstore.config import ClusterConfig, NodeConfig
 from kvstore.errors import KVError, LimitExceeded, TryAgain, Unavailable, Unknown, WrongCluster
 from kvstore.forward import Forwarder
 from kvstore.local.server import Limits, RespServer
+from kvstore.local.workers import WorkerPool
 from kvstore.metrics import NodeMetrics
 from kvstore.raft import (
     JOIN,
@@ -140,7 +141,7 @@ class Node:
         self.core = RaftCore(rcfg, conf=conf, hard_state=hs, entries=entries, snapshot=snap,
                              applied=self.store.applied_index(), rng=random.Random())
         self.applied = self.store.applied_index()
-        cache_name = ShmCache.name_for(str(self.data_dir), self.name)
+        self.cache_name = cache_name = ShmCache.name_for(str(self.data_dir), self.name)
         self.cache = ShmCache.create(cache_name, size_bytes=self.cfg.cache.size_mb << 20,
                                      max_value=self.cfg.cache.max_value)
         log.info("%s: opened state: term %d, applied %d, log %d..%d, voters %s", self.name,
@@ -169,6 +170,14 @@ class Node:
                                              max_clients=lim.max_clients, max_pipeline=lim.max_pipeline),
                                socket_mode=self.cfg.local.socket_mode)
         await self.resp.start()
+        self.pool: WorkerPool | None = None
+        if self.cfg.local.workers > 0:
+            assert self.resp.socket is not None
+            self.pool = WorkerPool(self, self.resp.socket, workers=self.cfg.local.workers,
+                                   store_path=str(self.home / "data"), cache_name=self.cache_name,
+                                   internal_path=str(self.home / "internal.sock"), limits=self.resp.limits,
+                                   path=str(self.socket_path))
+            await self.pool.start()
         self._tasks += [asyncio.create_task(self._ticker(), name="ticker"),
                         asyncio.create_task(self._ready_loop(), name="ready")]
         (self.home / "node.pid").write_text(f"{os.getpid()}\n")
@@ -181,6 +190,8 @@ class Node:
                 await asyncio.wait_for(self.transfer_leadership(None), 1.5)
             except (TimeoutError, Exception) as e:
                 log.info("%s: leadership transfer before stop did not finish: %s", self.name, e)
+        if self.pool is not None:
+            await self.pool.stop()
         await self.resp.close()
         await self.grpc_server.stop(0.3)
         for t in [*self._tasks, *self._snap_senders.values()]:
@@ -551,7 +562,9 @@ class Node:
         return {"replication": {"role": s["role"], "leader": s["leader"] or "", "term": s["term"],
                                 "commit_index": s["commit_index"], "applied_index": s["applied_index"],
                                 "voters": ",".join(s["voters"]), "learners": ",".join(s["learners"])},
-                "cluster": {"cluster_id": self.cluster_id, "node": self.name}}
+                "cluster": {"cluster_id": self.cluster_id, "node": self.name},
+                "storage": {"cache_name": self.cache_name, "store_path": str(self.home / "data"),
+                            "applied_index": self.applied, "snapshot_index": self.snapshot_index}}
 
     # ---- status and membership --------------------------------------------------------
 

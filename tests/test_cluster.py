@@ -115,3 +115,26 @@ def test_minority_cannot_write_and_says_tryagain_or_unknown(tmp_path: Path) -> N
                 pid = procs.live_pid(d, n)
                 if pid:
                     procs.signal_node(pid, signal.SIGCONT)
+
+
+def test_resp_workers_share_the_socket_and_forward_writes(tmp_path: Path) -> None:
+    import dataclasses
+
+    def two_workers(cfg: ClusterConfig) -> ClusterConfig:
+        return dataclasses.replace(cfg, local=dataclasses.replace(cfg.local, workers=2))
+
+    with running_cluster(tmp_path, edit=two_workers) as d:
+        ld = leader(d)
+        pids = set()
+        for i in range(30):  # new connections land on the node process or a worker
+            c = client(d, ld)
+            assert c.set(f"w{i}", str(i))
+            info = c.info()
+            pids.add(info.get("worker_pid", info.get("process_id")))
+            for n in ("n1", "n2", "n3"):
+                assert client(d, n).get(f"w{i}") == str(i).encode()
+        assert len(pids) >= 2, f"every connection was served by one process: {pids}"
+        from kvstore.local.client import Client
+
+        with Client(str(d / ld / "kv.sock"), local=True) as lc:  # the shared-memory fast path
+            assert lc.get("w7") == b"7"
