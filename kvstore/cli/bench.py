@@ -1,0 +1,104 @@
+"""`kvstore bench ...`: IPC against RPC on this machine, and the cluster against its peers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from kvstore.errors import CheckFailed, UsageError
+
+
+@click.group(help="Benchmarks: IPC mechanisms against RPC stacks, and the cluster against redis and etcd.")
+def bench() -> None:
+    pass
+
+
+@contextmanager
+def _progress(total: int, quiet: bool) -> Iterator[Callable[[str], None]]:
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True, disable=quiet) as p:
+        task = p.add_task("starting", total=total)
+        first = [True]
+
+        def step(text: str) -> None:
+            if not first[0]:
+                p.advance(task)
+            first[0] = False
+            p.update(task, description=text)
+
+        yield step
+        p.update(task, completed=total)
+
+
+def _emit(result: dict[str, Any], as_json: bool, table: Any) -> None:
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=150)
+        console.print(table)
+        rep = result.get("report", {})
+        if rep:
+            click.echo("report: " + ", ".join(str(v) for v in rep.values()))
+
+
+@bench.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench-results/ipc"), show_default=True, help="Where to write ipc.json and ipc.png.")
+@click.option("--duration", type=float, default=None, help="Seconds per timed run  [default: 3; --quick: 0.15]")
+@click.option("--clients", type=int, default=None, help="Client processes of the many-client run  [default: 8; --quick: 2]")
+@click.option("--quick", is_flag=True, help="A few seconds in all: short runs, 2 clients, servers started together.")
+@click.option("--only", default="", help="Comma-separated mechanisms (shm, shm-memo, pipe, fifo, mqueue, unix, tcp, "
+                                        "grpc, grpc-stream, jsonrpc, xmlrpc, corba).")
+@click.option("--keys", "nkeys", type=int, default=None, help="Keys stored  [default: 10000; --quick: 1000]")
+def ipc(as_json: bool, report_dir: Path, duration: float | None, clients: int | None, quick: bool, only: str,
+        nkeys: int | None) -> None:
+    """The same GET (a 100-byte value by key, from a second process) over each IPC mechanism
+    and RPC stack: latency p50/p99/p99.9 with 1 client, throughput with 1 and N clients,
+    CPU per request of client and server. Every server is started and stopped here."""
+    from kvstore.bench.common import command_line, sigterm_as_interrupt
+    from kvstore.bench.ipc import MECHANISMS
+    from kvstore.bench.ipc.runner import IpcOptions, run_ipc
+    from kvstore.bench.report import ipc_chart, ipc_table, write_json
+    from kvstore.bench.workers import BenchError
+
+    opts = IpcOptions(
+        duration=duration if duration is not None else (0.15 if quick else 3.0),
+        clients=clients if clients is not None else (2 if quick else 8),
+        nkeys=nkeys if nkeys is not None else (1000 if quick else 10_000),
+        only=tuple(s.strip() for s in only.split(",") if s.strip()),
+        prestart=quick,
+    )
+    if opts.duration <= 0 or opts.clients < 1 or opts.nkeys < 20:
+        raise UsageError("--duration must be > 0, --clients >= 1, --keys >= 20")
+    names = {m.name for m in MECHANISMS}
+    if set(opts.only) - names:
+        raise UsageError(f"unknown mechanism(s) {', '.join(sorted(set(opts.only) - names))}; have {', '.join(sorted(names))}")
+    steps = 1 + 3 * sum(1 for m in MECHANISMS if (not opts.only or m.name in opts.only) and not m.unavailable())
+    undo = sigterm_as_interrupt()
+    try:
+        with _progress(steps, quiet=not sys.stderr.isatty()) as step:
+            result = run_ipc(opts, step)
+    except BenchError as e:
+        raise CheckFailed(str(e)) from None
+    finally:
+        undo()
+    result["command"] = command_line()
+    result["report"] = {"json": str((report_dir / "ipc.json").absolute()), "chart": str((report_dir / "ipc.png").absolute())}
+    ipc_chart(result, report_dir / "ipc.png")
+    write_json(result, report_dir / "ipc.json")
+    _emit(result, as_json, ipc_table(result))
+    failed = [r["name"] for r in result["mechanisms"] if "error" in r]
+    if failed:
+        raise CheckFailed(f"mechanism(s) failed: {', '.join(failed)} (see the table)")
