@@ -90,7 +90,7 @@ def fresh_leader() -> tuple[dict[str, RaftCore], RaftCore, str]:
     """n1 just won an election with n2's vote; its no-op is not acknowledged yet."""
     cores = cluster3(pre_vote=False)
     lead = cores["n1"]
-    while lead.role != Role.CANDIDATE:
+    while lead.state != Role.CANDIDATE:
         lead.tick()
     for m in drain(lead):
         if m.dst == "n2":
@@ -328,7 +328,7 @@ def test_prevote_keeps_a_partitioned_node_from_inflating_its_term():
     cl.isolate(lonely)
     cl.run(100)
     assert cl.core(lonely).term == term
-    assert cl.core(lonely).role == Role.PRECANDIDATE
+    assert cl.core(lonely).state == Role.PRECANDIDATE and cl.core(lonely).role == Role.CANDIDATE
     cl.heal()
     cl.run(30)
     assert cl.leader() == lead and cl.core(lead).term == term

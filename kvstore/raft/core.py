@@ -162,8 +162,8 @@ class RaftCore(Elections, Replication):
     def status(self) -> dict:
         st: dict = {
             "id": self._id,
-            "role": self.role.status_name,
-            "state": self.role.value,
+            "role": self.role.value,
+            "state": self.state.value,
             "term": self._term,
             "vote": self._vote,
             "leader": self._lead,

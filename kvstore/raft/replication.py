@@ -122,7 +122,9 @@ class Replication(RaftState):
                 self._prs[p] = Progress(self.log.last_index + 1, self.cfg.max_inflight)
         if self._transferee is not None and self._transferee not in conf.voters:
             self._transferee = None
-        self._maybe_commit()  # a removed voter may have been the one we waited for
+        # a removed voter may have been the one we waited for
+        self._release_reads()
+        self._maybe_commit()
 
     def _maybe_commit(self) -> bool:
         voters = self._conf.voters

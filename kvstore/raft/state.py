@@ -42,8 +42,15 @@ class RaftState:
 
     @property
     def role(self) -> Role:
+        """leader, candidate, follower or learner (the contract's names: a pre-candidate
+        shows as a candidate; `state` tells them apart)."""
         if self._role == Role.FOLLOWER and self._id in self._conf.learners:
             return Role.LEARNER
+        return Role.CANDIDATE if self._role == Role.PRECANDIDATE else self._role
+
+    @property
+    def state(self) -> Role:
+        """The precise role, PRECANDIDATE included."""
         return self._role
 
     @property

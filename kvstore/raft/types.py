@@ -145,16 +145,15 @@ class ReadState:
 
 
 class Role(StrEnum):
+    """RaftCore.role and SoftState.role are one of FOLLOWER, CANDIDATE, LEADER, LEARNER,
+    whose value (and lower-cased name) is the status name of the contract. PRECANDIDATE
+    (campaigning in the pre-vote phase) only shows in RaftCore.state."""
+
     FOLLOWER = "follower"
-    PRECANDIDATE = "precandidate"
     CANDIDATE = "candidate"
     LEADER = "leader"
     LEARNER = "learner"  # a follower that is a non-voting member
-
-    @property
-    def status_name(self) -> str:
-        """The contract's role names: leader, follower, candidate, learner."""
-        return "candidate" if self is Role.PRECANDIDATE else self.value
+    PRECANDIDATE = "precandidate"
 
 
 @dataclass(slots=True)
