@@ -155,6 +155,11 @@ class Role(StrEnum):
     LEARNER = "learner"  # a follower that is a non-voting member
     PRECANDIDATE = "precandidate"
 
+    @property
+    def status_name(self) -> str:
+        """The contract's role name: leader, follower, candidate or learner."""
+        return "candidate" if self is Role.PRECANDIDATE else self.value
+
 
 @dataclass(slots=True)
 class SoftState:
