@@ -42,3 +42,8 @@ def test_unknown_node_name() -> None:
     cfg = config.parse("[[nodes]]\nname = 'n1'\n")
     with pytest.raises(UsageError, match="not in"):
         cfg.node("n9")
+
+
+def test_three_hosts_example_parses() -> None:
+    cfg = config.load(ROOT / "cluster" / "three-hosts.toml")
+    assert cfg.tls.enabled and len({n.host for n in cfg.nodes}) == 3
