@@ -274,7 +274,7 @@ def test_stuck_odd_slot_reads_as_miss_quickly(cache: ShmCache) -> None:
     L.U64.pack_into(cache._mm, off, seq + 1)  # a writer "died" mid-write
     t = time.perf_counter()
     assert cache.get(b"k") is None
-    assert time.perf_counter() - t < 0.05
+    assert time.perf_counter() - t < 0.5  # 16 quick looks, not a wait (generous for busy machines)
     assert cache.stats()["torn_retries"] > 0
     cache.put(b"k", b"v2")  # the lock is free: no recovery, the writer simply rewrites the slot
     assert cache.get(b"k") == b"v2" and odd_slots(cache) == []
@@ -337,7 +337,7 @@ def test_readers_never_wait_for_the_lock(cache: ShmCache) -> None:
         start = time.perf_counter()
         for i in range(200):
             assert cache.get(b"%d" % i) == b"v%d" % i
-        assert time.perf_counter() - start < 0.5
+        assert time.perf_counter() - start < 2.0  # the lock is held throughout: waiting would hang
     finally:
         done.set()
         t.join()

@@ -9,6 +9,7 @@ own checksum, so a torn or misattributed read fails the reader.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -243,12 +244,11 @@ def test_stress_writers_readers_random_kills(name: str, children: Children, tmp_
         readers = [children.spawn("reader", stop=stop) for _ in range(3)]
         for p in writers + readers:
             children.wait_line(p, "ready")
-        schedule = ["writer", "reader", "holder", "staller"] * 3
+        schedule = ["writer", "reader", "holder", "staller"] * 2
         rng.shuffle(schedule)
+        stall_points = itertools.cycle(["slot_odd", "ring"])
         lockers = [  # started now, in parallel, so that each kill costs no interpreter start-up
-            children.spawn("holder")
-            if a == "holder"
-            else children.spawn("staller", stall=rng.choice(["slot_odd", "ring"]))
+            children.spawn("holder") if a == "holder" else children.spawn("staller", stall=next(stall_points))
             for a in schedule
             if a in ("holder", "staller")
         ]
@@ -258,7 +258,7 @@ def test_stress_writers_readers_random_kills(name: str, children: Children, tmp_
         fresh: list[subprocess.Popen[bytes]] = []
         for action in schedule:
             # between kills, the writers must make progress (and we leave them time to)
-            wait_for_puts(owner, rng.randrange(50, 300))
+            wait_for_puts(owner, rng.randrange(30, 200))
             if action in ("writer", "reader"):
                 group = writers if action == "writer" else readers
                 i = rng.randrange(len(group))
@@ -304,7 +304,7 @@ def test_stress_writers_readers_random_kills(name: str, children: Children, tmp_
 
         s = owner.stats()
         print(f"worst put after a kill {worst_after_kill:.3f}s", w, r, s)
-        assert lock_kills == 6 and s["lock_recoveries"] >= lock_kills, (lock_kills, s)
+        assert lock_kills == 4 and s["lock_recoveries"] >= lock_kills, (lock_kills, s)
         assert odd_slots(owner) == []
         for key in KEYS:  # whatever survived is some writer's intact value for that key
             val = owner.get(key)
@@ -368,7 +368,7 @@ def test_writer_killed_mid_put(name: str, children: Children, point: str) -> Non
         children.wait_line(p, f"kvstore-cache: stalled at {point}")
         t = time.perf_counter()
         got = cache.get(KEYS[0])  # never blocks; a slot stuck odd reads as a miss
-        assert time.perf_counter() - t < 0.1
+        assert time.perf_counter() - t < 0.5  # the staller never lets go: a wait would not end
         assert got == (None if point == "slot_odd" else make_value(KEYS[0], 1))
         children.kill(p)
         assert timed_put(cache, KEYS[1], make_value(KEYS[1], 2)) < 4 * LOCK_TIMEOUT
