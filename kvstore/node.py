@@ -56,6 +56,9 @@ from kvstore.storage import Store
 log = logging.getLogger("kvstore.node")
 
 
+_COMMAND_NAMES = {sm.Set: "set", sm.Delete: "del", sm.MSet: "mset"}
+
+
 def _apply_fn(cmd: sm.Command | None) -> Any:
     if cmd is None:
         return _noop
@@ -508,6 +511,25 @@ class Node:
     ordered_writes = True
 
     async def write(self, cmd: sm.Command) -> sm.Result:
+        name = _COMMAND_NAMES.get(type(cmd), "write")
+        t0 = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._write(cmd)
+        except TryAgain:
+            outcome = "tryagain"
+            raise
+        except Unknown:
+            outcome = "unknown"
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            self.metrics.requests.labels(name, outcome).inc()
+            self.metrics.request_latency.labels(name).observe(time.perf_counter() - t0)
+
+    async def _write(self, cmd: sm.Command) -> sm.Result:
         self._validate(cmd)
         deadline = asyncio.get_running_loop().time() + self.timeout
         if self.core.is_leader:
@@ -545,10 +567,18 @@ class Node:
     async def read_barrier(self) -> None:
         if self._unsafe_local_reads:
             return  # test-only: the drills must catch this
-        await self.reads.wait(self.timeout)
+        t0 = time.perf_counter()
+        try:
+            await self.reads.wait(self.timeout)
+        except TryAgain:
+            self.metrics.requests.labels("read_barrier", "tryagain").inc()
+            raise
+        self.metrics.requests.labels("read_barrier", "ok").inc()
+        self.metrics.request_latency.labels("read_barrier").observe(time.perf_counter() - t0)
 
     def get(self, key: bytes) -> bytes | None:
         v = self.cache.get(key)
+        self.metrics.requests.labels("get", "ok").inc()
         return v if v is not None else self.store.get(key)
 
     def scan(self, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:

@@ -68,14 +68,37 @@ def up(obj: dict[str, Any], nodes: int, config: Path | None, timeout: float) -> 
 
 @cluster.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (see the contract).")
+@click.option("--watch", is_flag=True, help="A live view, refreshed every second, until Ctrl-C.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes (--watch).")
+@click.option("--count", default=0, help="Stop after this many refreshes (--watch; 0: until Ctrl-C).")
 @click.pass_obj
-def status(obj: dict[str, Any], as_json: bool) -> None:
+def status(obj: dict[str, Any], as_json: bool, watch: bool, interval: float, count: int) -> None:
     """One row per node, each from the node's own view (a dead node shows 'down')."""
+    if watch:
+        from kvstore.cluster.watch import watch_status
+
+        watch_status(obj["dir"], console, interval=interval, count=count)
+        return
     st = manage.status(obj["dir"])
     if as_json:
         click.echo(json.dumps(st))
     else:
         console.print(render_status(st))
+
+
+@cluster.command()
+@click.argument("node", required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("--lines", "-n", default=20, show_default=True, help="Lines of each log to start with.")
+@click.pass_obj
+def logs(obj: dict[str, Any], node: str | None, follow: bool, lines: int) -> None:
+    """Print the logs of NODE (default: every node, each line prefixed by its node)."""
+    from kvstore.cluster.watch import show_logs
+
+    d = obj["dir"]
+    cfg = manage.load(d)
+    names = [cfg.node(node).name] if node else [n.name for n in cfg.nodes]
+    show_logs(d, names, follow=follow, lines=lines, prefix=node is None)
 
 
 @cluster.command()

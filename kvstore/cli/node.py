@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -9,6 +10,20 @@ from pathlib import Path
 import click
 
 from kvstore import config as cfgmod
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+               "level": record.levelname.lower(), "logger": record.name, "node": self.node,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
 
 
 @click.group(help="Run one node (what `cluster up`, systemd or another host runs).")
@@ -22,8 +37,10 @@ def node() -> None:
 @click.option("--name", required=True, help="This node's name in the config.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="json: one JSON object per line (ts, level, logger, msg).")
 @click.pass_context
-def run(ctx: click.Context, config_path: Path, name: str, log_level: str) -> None:
+def run(ctx: click.Context, config_path: Path, name: str, log_level: str, log_format: str) -> None:
     """Run node NAME of the cluster in CONFIG until SIGTERM or Ctrl-C.
 
     Data lives in DIR/NAME (see --dir). On SIGTERM a leader hands leadership to a
@@ -31,8 +48,10 @@ def run(ctx: click.Context, config_path: Path, name: str, log_level: str) -> Non
     """
     cfg = cfgmod.load(config_path)
     cfg.node(name)  # a clear error for an unknown name
-    logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(name) if log_format == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, log_level.upper()), handlers=[handler])
     from kvstore.node import Node
 
     n = Node(cfg, name, ctx.obj["dir"])
