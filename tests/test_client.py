@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     cache = f"/kvs-c-{uuid.uuid4().hex[:12]}"
     with ServerThread(lambda: SingleNodeBackend.open(str(d / "data"), cache_name=cache, sync=False)) as st:
         yield st
+    assert not os.path.exists(st.path)
+    assert not os.path.exists("/dev/shm" + cache) and not os.path.exists("/dev/shm/sem." + cache[1:])
 
 
 def ns() -> str:

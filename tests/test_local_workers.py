@@ -69,7 +69,8 @@ class Node:
             self.st.stop()
         for pid in pids:
             assert not alive(pid)
-        assert not os.path.exists(self.internal)
+        assert not os.path.exists(self.internal) and not os.path.exists(self.st.path)
+        assert not os.path.exists("/dev/shm" + self.cache)
 
     def client(self, **kw: Any) -> redis.Redis:
         return redis.Redis(unix_socket_path=self.st.path, retry=Retry(NoBackoff(), 0), **kw)

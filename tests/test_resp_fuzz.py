@@ -3,6 +3,7 @@ never crashes or hangs, and keeps serving everyone else with nothing stored lost
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -32,6 +33,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         assert exchange(st_.path, pack(b"SET", *SENTINEL)) == [b"OK"]
         yield st_
         assert_serving(st_)
+    assert not os.path.exists(st_.path)
+    assert not os.path.exists("/dev/shm" + cache) and not os.path.exists("/dev/shm/sem." + cache[1:])
 
 
 def pack(*args: bytes) -> bytes:

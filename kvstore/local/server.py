@@ -24,6 +24,8 @@ from kvstore.local.commands import Commands, Session
 from kvstore.local.connection import Connection
 from kvstore.local.resp import Limits
 
+__all__ = ["Limits", "RespServer", "bind_unix"]
+
 log = logging.getLogger("kvstore.local.server")
 
 

@@ -156,6 +156,11 @@ class FlakyBackend:
     def info(self) -> dict[str, dict[str, Any]]:
         return self.inner.info()
 
+    async def aclose(self) -> None:
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
+
 
 class ServerThread:
     """A RespServer on a background event loop. `make_backend` runs on that loop."""

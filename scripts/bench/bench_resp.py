@@ -255,7 +255,11 @@ def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
             print(row)
     out = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "params": {k: v for k, v in vars(args).items() if k != "json"},
         "note": "the shared-memory loop's ratio is against redis-py's GET loop on redis-server",
         "median": med,
