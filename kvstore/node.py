@@ -56,6 +56,9 @@ from kvstore.storage import Store
 log = logging.getLogger("kvstore.node")
 
 
+# An entry the data already held (an installed snapshot's data index was past it).
+_SKIPPED_RESULT: Any = object()
+_SKIPPED: Any = (_SKIPPED_RESULT, [])
 _COMMAND_NAMES = {sm.Set: "set", sm.Delete: "del", sm.MSet: "mset"}
 
 
@@ -330,7 +333,7 @@ class Node:
         if len(todo) == len(apply):
             return outs
         done = dict(zip((i for i, _ in todo), outs, strict=True))
-        return [done.get(i, (None, [])) for i, _ in apply]
+        return [done.get(i, _SKIPPED) for i, _ in apply]
 
     def _send(self, msgs: list[Any]) -> None:
         out = []
@@ -385,8 +388,9 @@ class Node:
     def _after_apply(self, items: list[tuple[Entry, sm.Command | None]],
                      outs: list[tuple[sm.Result, list[tuple[bytes, bytes | None]]]]) -> None:
         latest: dict[bytes, bytes | None] = {}
-        for _, changes in outs:
-            latest.update(changes)
+        for out in outs:
+            if out is not _SKIPPED:
+                latest.update(out[1])
         for k, v in latest.items():
             if v is not None:
                 self.cache.put(k, v)
@@ -400,7 +404,9 @@ class Node:
             term, fut = w
             if fut.done():
                 continue
-            if term == e.term:
+            if term == e.term and res is _SKIPPED_RESULT:
+                fut.set_exception(Unknown("applied through a snapshot; its result is unknown"))
+            elif term == e.term:
                 fut.set_result((res, e.index))
             else:
                 fut.set_exception(TryAgain("leadership changed before the write committed"))
