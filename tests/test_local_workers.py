@@ -199,7 +199,7 @@ from kvstore.local.single import SingleNodeBackend
 from kvstore.local.workers import WorkerPool
 d, cache = sys.argv[1], sys.argv[2]
 st = ServerThread(lambda: SingleNodeBackend.open(d + "/data", cache_name=cache, sync=False), path=d + "/kv.sock").start()
-pool = WorkerPool(st.backend, st.server.socket, workers=2, store_path=d + "/data", cache_name=cache,
+pool = WorkerPool(st.backend, st.server.socket, workers=1, store_path=d + "/data", cache_name=cache,
                   internal_path=d + "/internal.sock", path=st.path)
 st.call(pool.start())
 print(" ".join(map(str, pool.pids)), flush=True)
@@ -215,7 +215,7 @@ def test_workers_exit_when_the_node_dies(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         pids = [int(p) for p in parent.stdout.readline().split()]
-        assert len(pids) == 2 and all(alive(p) for p in pids)
+        assert len(pids) == 1 and all(alive(p) for p in pids)
         parent.kill()
         parent.wait(10)
         wait_for(lambda: not any(alive(p) for p in pids))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from kvstore.errors import KVError
 from kvstore.local.resp import Limits
@@ -86,7 +88,7 @@ def test_stale_socket_is_replaced_and_live_one_refused(tmp_path: Path) -> None:
 def test_small_limits_are_configurable() -> None:
     limits = Limits(max_key=8, max_value=16, max_request=1024)
     with ServerThread(limits=limits) as st:
-        r = redis.Redis(unix_socket_path=st.path)
+        r = redis.Redis(unix_socket_path=st.path, retry=Retry(NoBackoff(), 0))
         try:
             with pytest.raises(redis.ResponseError, match="key too large"):
                 r.set("123456789", "v")
