@@ -39,6 +39,12 @@ class Limits:
     max_clients: int = 1024
     max_scan_count: int = 100_000
 
+    def __post_init__(self) -> None:
+        # A request must be able to carry the largest key and value allowed.
+        floor = self.max_value + self.max_key + 4096
+        if self.max_request < floor:
+            object.__setattr__(self, "max_request", floor)
+
 
 def simple(s: bytes) -> bytes:
     return b"+" + s + CRLF
