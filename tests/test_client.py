@@ -244,3 +244,32 @@ def test_shared_memory_fast_path_across_processes(server: ServerThread) -> None:
     assert result["bad"] == []
     assert result["none"] == 60 + 1  # deleted every fifth key, and one never written
     assert result["hits"] > 300  # the reads really came from shared memory
+
+
+def test_local_client_follows_a_restarted_node(tmp_path: Path) -> None:
+    """A node that restarts retires its old cache; a local client maps the new one."""
+    cache = f"/kvs-c-{uuid.uuid4().hex[:12]}"
+    sock = str(tmp_path / "kv.sock")
+
+    def node() -> ServerThread:
+        return ServerThread(
+            lambda: SingleNodeBackend.open(str(tmp_path / "data"), cache_name=cache), path=sock
+        )
+
+    def put(value: str) -> None:
+        with Client(sock) as w:
+            w.put("k", value)
+
+    with node():
+        put("v1")
+        c = Client(sock, local=True, retry=FAST_RETRY)
+    try:
+        assert c.cache is not None
+        with node():  # the same data, a new cache segment: the old mapping is retired
+            put("v2")
+            assert c.get("k") == b"v2"
+            hits = c.cache_hits
+            assert c.get("k") == b"v2" and c.cache_hits == hits + 1  # from the new cache
+    finally:
+        c.close()
+    assert not os.path.exists("/dev/shm" + cache)

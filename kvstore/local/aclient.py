@@ -23,6 +23,7 @@ from kvstore.local.clientcore import (
     attach_cache,
     b,
     check,
+    check_retired,
     info_sections,
     is_write,
     pack,
@@ -102,6 +103,7 @@ class AsyncClient:
                     info = info_sections(await self._send(pack((b"INFO", b"storage")), self._writer))
                     name = info.get("storage", {}).get("cache_name") or None
                 if name:
+                    self.cache_name = name
                     self.cache = attach_cache(name)
         assert self._writer is not None
         return self._writer
@@ -178,6 +180,7 @@ class AsyncClient:
             if v is not None:
                 self.cache_hits += 1
                 return v  # type: ignore[no-any-return]
+            self.cache = check_retired(self.cache, self.cache_name or "")
         return await self.execute(b"GET", key)  # type: ignore[no-any-return]
 
     async def mget(self, keys: list[Key]) -> list[bytes | None]:
@@ -190,6 +193,8 @@ class AsyncClient:
         out = [self.cache.get(b(k)) for k in keys]
         missing = [i for i, v in enumerate(out) if v is None]
         self.cache_hits += len(keys) - len(missing)
+        if missing:
+            self.cache = check_retired(self.cache, self.cache_name or "")
         if missing:
             got = await self.execute(b"MGET", *(keys[i] for i in missing))
             for i, v in zip(missing, got, strict=True):

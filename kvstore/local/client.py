@@ -26,6 +26,7 @@ from kvstore.local.clientcore import (
     attach_cache,
     b,
     check,
+    check_retired,
     info_sections,
     is_write,
     pack,
@@ -60,11 +61,13 @@ class Client:
         self._buf = bytearray(1 << 16)
         self.cache: Any = None
         self.cache_hits = 0
+        self.cache_name: str | None = None
         if local:
             if cache_name is None:
                 cache_name = self.info("storage").get("storage", {}).get("cache_name") or None
             if cache_name:
                 self.cache = attach_cache(cache_name)
+        self.cache_name = cache_name
 
     # -- connection ----------------------------------------------------------------------
 
@@ -165,6 +168,7 @@ class Client:
             if v is not None:
                 self.cache_hits += 1
                 return v  # type: ignore[no-any-return]
+            self.cache = check_retired(self.cache, self.cache_name or "")
         return self.execute(b"GET", key)  # type: ignore[no-any-return]
 
     def mget(self, keys: list[Key]) -> list[bytes | None]:
@@ -175,6 +179,8 @@ class Client:
         out = [self.cache.get(b(k)) for k in keys]
         missing = [i for i, v in enumerate(out) if v is None]
         self.cache_hits += len(keys) - len(missing)
+        if missing:
+            self.cache = check_retired(self.cache, self.cache_name or "")
         if missing:
             for i, v in zip(missing, self.execute(b"MGET", *(keys[i] for i in missing)), strict=True):
                 out[i] = v

@@ -132,6 +132,15 @@ def set_result(reply: Any, get: bool) -> Any:
     return reply is not None
 
 
+def check_retired(cache: Any, name: str) -> Any:
+    """After a miss: a cache its node retired (restart, shutdown) misses forever; map the
+    node's current one instead, if there is one. Returns the cache to use (or None)."""
+    if not getattr(cache, "retired", False):
+        return cache
+    cache.close()
+    return attach_cache(name)
+
+
 def attach_cache(name: str) -> Any:
     """The node's ShmCache when it exists on this host, else None."""
     try:
