@@ -88,7 +88,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_for(cond: Any, timeout: float = 10.0) -> None:
+def wait_for(cond: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"

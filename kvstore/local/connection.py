@@ -283,7 +283,7 @@ class Connection(asyncio.Protocol):
         self.queued_bytes = 0
         if (self.closing or (self.eof and not self.queue)) and self.transport is not None:
             self.transport.close()
-        else:
+        elif self.read_paused:
             self._update_reading()
 
     async def _drain(self) -> None:
