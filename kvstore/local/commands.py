@@ -244,7 +244,10 @@ class Commands(Introspection):
         return b"*2\r\n" + resp.bulk_or_null(nxt, s.proto) + resp.bulk_array(out, s.proto)
 
     def barrier(self, s: Session, a: list[bytes]) -> bytes:
-        return resp.OK
+        """KVS.BARRIER (internal): answered once the node passed a read barrier; the
+        applied index when the backend tells it, else +OK."""
+        applied = getattr(self.backend, "applied", None)
+        return resp.integer(applied) if isinstance(applied, int) else resp.OK
 
     # -- writes: parse into a Command and a formatter for its result ---------------------
 
