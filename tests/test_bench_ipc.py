@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -144,10 +145,12 @@ def _kvb_shm() -> set[str]:
     return set()
 
 
+@pytest.mark.timeout(300)
 def test_quick_ipc_end_to_end(tmp_path: Path) -> None:
+    """About 6 s of CPU: on an idle 2-core machine, a few seconds; the timeout allows for a busy one."""
     before = _kvb_shm()
-    r = subprocess.run([sys.executable, "-m", "kvstore", "bench", "ipc", "--quick", "--json", "--report",
-                        str(tmp_path / "rep")], cwd=ROOT, capture_output=True, text=True, timeout=110)
+    r = subprocess.run([sys.executable, "-m", "kvstore", "bench", "ipc", "--quick", "--duration", "0.05", "--json",
+                        "--report", str(tmp_path / "rep")], cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     rows = {m["name"]: m for m in out["mechanisms"]}
@@ -166,3 +169,71 @@ def test_quick_ipc_end_to_end(tmp_path: Path) -> None:
         assert row["one"]["client_cpu_us_per_req"] > 0
     assert (tmp_path / "rep" / "ipc.json").exists() and (tmp_path / "rep" / "ipc.png").stat().st_size > 10_000
     assert _kvb_shm() <= before
+
+
+# ---------------------------------------------------------------- bench cluster
+
+
+def test_etcd_messages_match_etcds_wire_format() -> None:
+    from kvstore.bench.cluster import etcdkv
+
+    m = etcdkv.messages()
+    assert m["PutRequest"](key=b"a", value=b"b").SerializeToString() == b"\n\x01a\x12\x01b"
+    assert m["RangeRequest"](key=b"k", serializable=True).SerializeToString() == b"\n\x01k8\x01"
+    # RangeResponse{header{revision: 5}, kvs[{key: "k", value: "v"}], count: 1}
+    r = m["RangeResponse"].FromString(b"\n\x02\x18\x05\x12\x06\n\x01k*\x01v \x01")
+    assert r.header.revision == 5 and r.count == 1 and [(kv.key, kv.value) for kv in r.kvs] == [(b"k", b"v")]
+
+
+def test_ratios_pair_our_patterns_with_the_peers() -> None:
+    from kvstore.bench.cluster.runner import _split, ratios
+
+    def cell(target: str, api: str, op: str, c: int, ops: float, p50: float) -> dict[str, Any]:
+        return {"target": target, "api": api, "op": op, "pattern": f"{api}-{op}", "clients": c, "ops_per_s": ops,
+                "latency": {"samples": 10, "p50_us": p50}}
+
+    res = [cell("kvstore", "RESP", "set", 16, 100, 2000), cell("redis-aof", "RESP", "set", 16, 400, 500),
+           cell("kvstore", "gRPC", "get", 16, 50, 100), cell("etcd", "gRPC", "get", 1, 50, 100)]
+    [r] = ratios(res)
+    assert r["peer"] == "redis-aof" and r["throughput_ratio"] == 0.25 and r["p50_ratio"] == 4.0
+    assert _split(256, 2) == [128, 128] and _split(5, 2) == [3, 2] and _split(1, 2) == [1]
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed")
+def test_resp_driver_against_redis(tmp_path: Path) -> None:
+    """The load driver's clients really get what they set, and count only good answers."""
+    import time
+
+    from kvstore.bench.cluster.drivers import handle
+    from kvstore.bench.cluster.targets import Redis
+
+    t = Redis(durable=False)
+    try:
+        t.start(tmp_path)
+        get, setp = (p.spec for p in t.patterns())
+        assert handle(("preload", setp, 0, 30, 4)) == 30
+        now = time.monotonic_ns()
+        r = handle(("run", get, 3, 0, now, now + 200_000_000, 30, 1))
+        assert r["ok"] > 0 and r["errors"] == 0 and r["wrong"] == 0
+        now = time.monotonic_ns()
+        r = handle(("run", get, 2, 0, now, now + 100_000_000, 60, 1))  # keys 30..59 were never set
+        assert r["wrong"] > 0
+    finally:
+        t.stop()
+    assert t.proc is not None and t.proc.poll() is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_cluster_end_to_end(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "kvstore", "bench", "cluster", "--quick", "--clients", "2",
+                        "--duration", "0.3", "--json", "--report", str(tmp_path / "rep")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["targets"]["kvstore"]["available"] and not out["targets"]["kvstore"].get("error")
+    cells = {(c["api"], c["op"]): c for c in out["results"]}
+    assert set(cells) == {(a, o) for a in ("RESP", "gRPC") for o in ("get", "get_local", "set")}
+    for c in cells.values():
+        assert c["ok"] > 0 and c["wrong"] == 0 and c["clients"] == 2, c
+    assert (tmp_path / "rep" / "cluster.json").exists()

@@ -108,3 +108,98 @@ def ipc_chart(result: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _rows_by_pattern(result: dict[str, Any]) -> dict[tuple[str, str, str], dict[int, dict[str, Any]]]:
+    rows: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
+    for r in result["results"]:
+        rows.setdefault((r["target"], r["api"], r["pattern"]), {})[r["clients"]] = r
+    return rows
+
+
+def _ms(us: float) -> str:
+    return "-" if us is None or math.isnan(us) else (f"{us / 1000:.2f}" if us < 10_000 else f"{us / 1000:.0f}")
+
+
+def cluster_tables(result: dict[str, Any]) -> list[Table]:
+    counts = list(result["options"]["clients"])
+    rows = _rows_by_pattern(result)
+    thr = Table(title="requests/s (errors in red)", header_style="bold")
+    lat = Table(title="latency p50 / p99, ms", header_style="bold")
+    for t in (thr, lat):
+        t.add_column("target", no_wrap=True)
+        t.add_column("api")
+        t.add_column("request", no_wrap=True)
+        for c in counts:
+            t.add_column(f"{c} cl", justify="right", no_wrap=True)
+    for (target, api, pattern), cells in rows.items():
+        tc, lc = [], []
+        for c in counts:
+            r = cells.get(c)
+            if r is None:
+                tc.append("-")
+                lc.append("-")
+                continue
+            bad = r["errors"] + r["wrong"]
+            tc.append(fmt_ops(r["ops_per_s"]) + (f" [red]({bad} err)[/]" if bad else ""))
+            lc.append(f"{_ms(r['latency']['p50_us'])} / {_ms(r['latency']['p99_us'])}")
+        thr.add_row(target, api, pattern, *tc)
+        lat.add_row(target, api, pattern, *lc)
+    notes = [machine_line(result)]
+    for name, t in result["targets"].items():
+        if not t["available"]:
+            notes.append(f"[yellow]{name}[/]: {t['reason']}")
+        elif t.get("error"):
+            notes.append(f"[red]{name}[/]: {t['error']}")
+    errs = {(r["target"], r["pattern"]): r["error_sample"] for r in result["results"] if r.get("error_sample")}
+    notes += [f"[red]{t} {p}[/]: {e}" for (t, p), e in list(errs.items())[:6]]
+    lat.caption = "\n".join(notes)
+    lat.caption_justify = "left"
+    out = [thr, lat]
+    if result["ratios"]:
+        rt = Table(title="kvstore / peer: throughput ratio (p50 latency ratio)", header_style="bold")
+        rt.add_column("kvstore request", no_wrap=True)
+        rt.add_column("peer request", no_wrap=True)
+        for c in counts:
+            rt.add_column(f"{c} cl", justify="right", no_wrap=True)
+        by: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        for r in result["ratios"]:
+            by.setdefault((r["ours"], f"{r['peer']} {r['peer_pattern']}"), {})[r["clients"]] = r
+        for (ours, peer), cells in by.items():
+            rt.add_row(ours, peer, *[
+                f"{fmt_ratio(cells[c]['throughput_ratio'])} ({fmt_ratio(cells[c]['p50_ratio'])})" if c in cells else "-"
+                for c in counts])
+        out.append(rt)
+    return out
+
+
+def cluster_chart(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows_by_pattern(result)
+    counts = sorted(result["options"]["clients"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6))
+    colors = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
+    for i, ((target, api, pattern), cells) in enumerate(rows.items()):
+        cs = sorted(cells)
+        kw = dict(linestyle="-" if target == "kvstore" else "--", marker="o", color=colors[i % len(colors)],
+                  label=f"{target} {api} {pattern}")
+        ax1.plot(cs, [cells[c]["ops_per_s"] for c in cs], **kw)  # type: ignore[arg-type]
+        ax2.plot(cs, [cells[c]["latency"]["p50_us"] / 1000 for c in cs], **kw)  # type: ignore[arg-type]
+    for ax, ylabel in ((ax1, "requests/s"), (ax2, "p50 latency, ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(f"kvstore cluster and peers: {machine_line(result)}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

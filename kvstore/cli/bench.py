@@ -102,3 +102,64 @@ def ipc(as_json: bool, report_dir: Path, duration: float | None, clients: int | 
     failed = [r["name"] for r in result["mechanisms"] if "error" in r]
     if failed:
         raise CheckFailed(f"mechanism(s) failed: {', '.join(failed)} (see the table)")
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"--clients wants numbers separated by commas, not {text!r}") from None
+    if not out or min(out) < 1:
+        raise UsageError("--clients wants positive numbers")
+    return out
+
+
+@bench.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the tables.")
+@click.option("--clients", "clients_text", default=None, help="Concurrent clients per run  [default: 1,16,64,256; --quick: 1,8]")
+@click.option("--duration", type=float, default=None, help="Seconds per run  [default: 3; --quick: 0.5]")
+@click.option("--peers", is_flag=True, help="Also redis-server (no persistence, and AOF fsync always) and a 3-node etcd.")
+@click.option("--quick", is_flag=True, help="Short runs at 1 and 8 clients (a smoke test).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench-results/cluster"), show_default=True, help="Where to write cluster.json and cluster.png.")
+def cluster(as_json: bool, clients_text: str | None, duration: float | None, peers: bool, quick: bool,
+            report_dir: Path) -> None:
+    """A local 3-node cluster, started in a temp dir and stopped at the end: reads
+    (linearizable and local) and writes over RESP and gRPC at each client count, with
+    the same patterns against redis-server and etcd when --peers, as ratios."""
+    from kvstore.bench.cluster.runner import ClusterOptions, run_cluster, steps
+    from kvstore.bench.common import command_line, sigterm_as_interrupt
+    from kvstore.bench.report import cluster_chart, cluster_tables, write_json
+
+    opts = ClusterOptions(
+        clients=_counts(clients_text) if clients_text else ((1, 8) if quick else (1, 16, 64, 256)),
+        duration=duration if duration is not None else (0.5 if quick else 3.0),
+        peers=peers,
+        nkeys=200 if quick else 1000,
+    )
+    if opts.duration <= 0:
+        raise UsageError("--duration must be > 0")
+    undo = sigterm_as_interrupt()
+    try:
+        with _progress(steps(opts), quiet=not sys.stderr.isatty()) as step:
+            result = run_cluster(opts, step)
+    finally:
+        undo()
+    result["command"] = command_line()
+    result["report"] = {"json": str((report_dir / "cluster.json").absolute()),
+                        "chart": str((report_dir / "cluster.png").absolute())}
+    if result["results"]:
+        cluster_chart(result, report_dir / "cluster.png")
+    write_json(result, report_dir / "cluster.json")
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=150)
+        for t in cluster_tables(result):
+            console.print(t)
+        click.echo("report: " + ", ".join(result["report"].values()))
+    broken = [n for n, t in result["targets"].items() if t.get("error")]
+    if "kvstore" in broken or not any(r["target"] == "kvstore" for r in result["results"]):
+        raise CheckFailed(f"the kvstore cluster run failed: {result['targets']['kvstore'].get('error')}")
