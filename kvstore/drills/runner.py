@@ -278,7 +278,7 @@ def run_drill(opts: DrillOptions, console: Console | None = None,
         history = History()
         faults = FaultLog(history)
         workload = Workload(history, cluster.targets(), clients=opts.clients, keys=opts.keys, seed=seed,
-                            timeout=opts.client_timeout)
+                            timeout=opts.client_timeout, serving=len(cluster.members))
         prog.workload, prog.faults = workload, faults
         prog.t0 = time.monotonic()
         t_end = prog.t0 + opts.duration

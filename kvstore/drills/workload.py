@@ -219,7 +219,10 @@ class Workload:
 
     def __init__(self, history: History, targets: Sequence[Target], *, clients: int = 10, keys: int = 5,
                  seed: int = 0, timeout: float = 3.0, mix: dict[OpKind, float] | None = None,
-                 transports: Sequence[str] = ("resp", "grpc"), think_s: float = 0.0) -> None:
+                 transports: Sequence[str] = ("resp", "grpc"), think_s: float = 0.0,
+                 serving: int | None = None) -> None:
+        """`serving`: how many of the first targets serve now (clients start there; the
+        rest, spare nodes, are only reached by moving on)."""
         if not targets:
             raise ValueError("a workload needs at least one node")
         if clients < 1 or keys < 1:
@@ -236,7 +239,8 @@ class Workload:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self.counts = {str(o): 0 for o in Outcome}
-        self.clients = [Client(self, i, transports[i % len(transports)], i) for i in range(clients)]
+        first = max(1, min(serving or len(self.targets), len(self.targets)))
+        self.clients = [Client(self, i, transports[i % len(transports)], i % first) for i in range(clients)]
 
     def _count(self, outcome: Outcome) -> None:
         with self._lock:
