@@ -64,9 +64,12 @@ def _emit(result: dict[str, Any], as_json: bool, table: Any) -> None:
 @click.option("--keys", "nkeys", type=int, default=None, help="Keys stored  [default: 10000; --quick: 1000]")
 def ipc(as_json: bool, report_dir: Path, duration: float | None, clients: int | None, quick: bool, only: str,
         nkeys: int | None) -> None:
-    """The same GET (a 100-byte value by key, from a second process) over each IPC mechanism
-    and RPC stack: latency p50/p99/p99.9 with 1 client, throughput with 1 and N clients,
-    CPU per request of client and server. Every server is started and stopped here."""
+    """IPC mechanisms against RPC stacks, for the same GET from another process.
+
+    The GET (a 100-byte value by key, served by a second process) goes over shared memory,
+    pipes, FIFOs, POSIX message queues, UNIX and TCP sockets, gRPC, JSON-RPC, XML-RPC and
+    CORBA: latency p50/p99/p99.9 with 1 client, throughput with 1 and N clients, CPU per
+    request of client and server. Every server is started and stopped here."""
     from kvstore.bench.common import command_line, sigterm_as_interrupt
     from kvstore.bench.ipc import MECHANISMS
     from kvstore.bench.ipc.runner import IpcOptions, run_ipc
@@ -124,9 +127,11 @@ def _counts(text: str) -> tuple[int, ...]:
               default=Path("bench-results/cluster"), show_default=True, help="Where to write cluster.json and cluster.png.")
 def cluster(as_json: bool, clients_text: str | None, duration: float | None, peers: bool, quick: bool,
             report_dir: Path) -> None:
-    """A local 3-node cluster, started in a temp dir and stopped at the end: reads
-    (linearizable and local) and writes over RESP and gRPC at each client count, with
-    the same patterns against redis-server and etcd when --peers, as ratios."""
+    """A local 3-node cluster under 1..256 clients, against redis and etcd with --peers.
+
+    The cluster is started in a temp dir and stopped at the end: reads (linearizable and
+    local) and writes over RESP and gRPC at each client count, with the same patterns
+    against redis-server and a 3-node etcd when --peers, as ratios."""
     from kvstore.bench.cluster.runner import ClusterOptions, run_cluster, steps
     from kvstore.bench.common import command_line, sigterm_as_interrupt
     from kvstore.bench.report import cluster_chart, cluster_tables, write_json
