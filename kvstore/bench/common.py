@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from multiprocessing import reduction
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -40,19 +40,20 @@ def key_sequence(nkeys: int, n: int, seed: int) -> list[bytes]:
     return [key_of(rng.randrange(nkeys)) for _ in range(n)]
 
 
-def percentile(sorted_ns: Sequence[int], q: float) -> float:
-    """Nearest-rank percentile of sorted samples, in microseconds."""
-    if not sorted_ns:
-        return float("nan")
-    i = min(len(sorted_ns) - 1, max(0, int(q / 100.0 * len(sorted_ns) + 0.5) - 1))
-    return sorted_ns[i] / 1000.0
+def latency_summary(sorted_ns: Any) -> dict[str, Any]:
+    """p50/p99/p99.9 (nearest rank), mean and max, in microseconds, of sorted nanoseconds
+    (a sorted list or numpy array)."""
+    n = len(sorted_ns)
+    if not n:
+        nan = float("nan")
+        return {"samples": 0, "mean_us": nan, "p50_us": nan, "p99_us": nan, "p999_us": nan, "max_us": nan}
 
+    def pct(q: float) -> float:
+        return float(sorted_ns[min(n - 1, max(0, int(q / 100.0 * n + 0.5) - 1))]) / 1000.0
 
-def latency_summary(samples_ns: Sequence[int]) -> dict[str, Any]:
-    s = sorted(samples_ns)
-    mean = sum(s) / len(s) / 1000.0 if s else float("nan")
-    return {"samples": len(s), "mean_us": mean, "p50_us": percentile(s, 50), "p99_us": percentile(s, 99),
-            "p999_us": percentile(s, 99.9), "max_us": s[-1] / 1000.0 if s else float("nan")}
+    total = float(sorted_ns.sum()) if hasattr(sorted_ns, "sum") else float(sum(sorted_ns))
+    return {"samples": n, "mean_us": total / n / 1000.0, "p50_us": pct(50), "p99_us": pct(99),
+            "p999_us": pct(99.9), "max_us": float(sorted_ns[-1]) / 1000.0}
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -30,9 +30,24 @@ def fmt_ratio(v: float | None) -> str:
     return f"{v:.2f}x" if v < 10 else f"{v:,.0f}x"
 
 
+def _finite(x: Any) -> Any:
+    """NaN and infinities become null: the JSON stays valid for every reader."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def to_json(result: dict[str, Any], indent: int | None = None) -> str:
+    return json.dumps(_finite(result), indent=indent, default=str, allow_nan=False)
+
+
 def write_json(result: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    path.write_text(to_json(result, indent=2) + "\n")
 
 
 def ipc_table(result: dict[str, Any]) -> Table:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,8 +39,10 @@ def _progress(total: int, quiet: bool) -> Iterator[Callable[[str], None]]:
 
 
 def _emit(result: dict[str, Any], as_json: bool, table: Any) -> None:
+    from kvstore.bench.report import to_json
+
     if as_json:
-        click.echo(json.dumps(result, default=str))
+        click.echo(to_json(result))
     else:
         console = Console()
         if not console.is_terminal:
@@ -134,7 +135,7 @@ def cluster(as_json: bool, clients_text: str | None, duration: float | None, pee
     against redis-server and a 3-node etcd when --peers, as ratios."""
     from kvstore.bench.cluster.runner import ClusterOptions, run_cluster, steps
     from kvstore.bench.common import command_line, sigterm_as_interrupt
-    from kvstore.bench.report import cluster_chart, cluster_tables, write_json
+    from kvstore.bench.report import cluster_chart, cluster_tables, to_json, write_json
 
     opts = ClusterOptions(
         clients=_counts(clients_text) if clients_text else ((1, 8) if quick else (1, 16, 64, 256)),
@@ -157,7 +158,7 @@ def cluster(as_json: bool, clients_text: str | None, duration: float | None, pee
         cluster_chart(result, report_dir / "cluster.png")
     write_json(result, report_dir / "cluster.json")
     if as_json:
-        click.echo(json.dumps(result, default=str))
+        click.echo(to_json(result))
     else:
         console = Console()
         if not console.is_terminal:

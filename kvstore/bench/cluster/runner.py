@@ -101,7 +101,7 @@ def _cell(pool: Pool, t: Target, p: Pattern, clients: int, opts: ClusterOptions,
         "duration_s": span, "ok": ok, "errors": errors, "wrong": wrong,
         "error_sample": next((r["error"] for r in replies if r["error"]), None),
         "ops_per_s": ok / span,
-        "latency": latency_summary(lat.tolist()),
+        "latency": latency_summary(lat),
         "client_cpu_us_per_req": sum(r["cpu_s"] for r in replies) * per if per else None,
         "server_cpu_us_per_req": (c1 - c0) * per if per and c0 is not None and c1 is not None else None,
     }

@@ -158,21 +158,10 @@ def _cell(pool: Pool, n: int, server_pid: int, opts: IpcOptions, salt: int) -> d
         "requests": requests,
         "misses": sum(r["misses"] for r in replies),
         "ops_per_s": requests / span,
-        "latency": latency_summary(lat.tolist()) if len(lat) < 200_000 else _np_summary(lat),
+        "latency": latency_summary(lat),
         "client_cpu_us_per_req": sum(r["cpu_s"] for r in replies) * per,
         "server_cpu_us_per_req": (s1 - s0) * per if s0 is not None and s1 is not None else None,
     }
-
-
-def _np_summary(lat: Any) -> dict[str, Any]:
-    import numpy as np
-
-    def pct(q: float) -> float:
-        i = min(len(lat) - 1, max(0, int(q / 100.0 * len(lat) + 0.5) - 1))
-        return float(lat[i]) / 1000.0
-
-    return {"samples": int(len(lat)), "mean_us": float(np.mean(lat)) / 1000.0, "p50_us": pct(50),
-            "p99_us": pct(99), "p999_us": pct(99.9), "max_us": float(lat[-1]) / 1000.0}
 
 
 def _describe(m: Mechanism) -> dict[str, Any]:
@@ -282,8 +271,9 @@ def run_ipc(opts: IpcOptions, progress: Progress = lambda s: None) -> dict[str, 
                 server = servers.get(m.name) or Server(m, opts.clients, opts, workdir)
                 servers[m.name] = server
                 rows.append(bench_one(m, server, pool, opts, 10 * i, progress))
-            except BenchError as e:
-                rows.append({**_describe(m), "available": True, "error": str(e)})
+            except (BenchError, OSError) as e:
+                rows.append({**_describe(m), "available": True, "error": f"{type(e).__name__}: {e}"
+                             if isinstance(e, OSError) else str(e)})
                 pool.close()  # a worker may be stuck mid-request: start afresh
                 pool = Pool(client_main, opts.clients, "bench-client")
     finally:
