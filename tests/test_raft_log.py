@@ -73,9 +73,9 @@ def test_configuration_follows_the_log_and_reverts_on_truncation():
 def test_compaction_keeps_the_configuration_at_the_snapshot_point():
     base = ConfState(("a", "b", "c"))
     lg = RaftLog(SnapshotMeta(0, 0, base), [Entry(1, 1), cc(ConfChangeType.ADD_LEARNER, "d", 2), Entry(3, 1), cc(ConfChangeType.REMOVE, "d", 4)], 4, 4)
-    lg.applied = 3
+    lg.applying = 3
     with pytest.raises(ValueError):
-        lg.compact(4, 1)  # beyond applied
+        lg.compact(4, 1)  # beyond what was handed out to apply
     with pytest.raises(ValueError):
         lg.compact(3, 2)  # wrong term
     meta = lg.compact(3, 1)

@@ -301,9 +301,12 @@ class RaftCore(Elections, Replication):
             self._send_appends(target, True)
 
     def compact(self, index: int, term: int) -> SnapshotMeta:
-        """The shell took a snapshot of its state machine at `index` (<= applied): forget
-        the log up to there. Returns the snapshot's meta (with the configuration at
-        `index`), which the shell must persist with the snapshot."""
+        """The shell took a snapshot of its state machine at `index` (an index it applied,
+        possibly in the Ready it is still handling): forget the log up to there. Returns
+        the snapshot's meta (with the configuration at `index`), which the shell must
+        persist with the snapshot. A leader later sends it to followers that need entries
+        below it: the data the shell sends with it must be the state at exactly `index`
+        (or later, if applying the entries after `index` again is harmless)."""
         return self.log.compact(index, term)
 
     def report_snapshot(self, peer: str, ok: bool) -> None:

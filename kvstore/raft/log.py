@@ -179,11 +179,12 @@ class RaftLog:
         self._confs = [(snap.index, snap.conf)]
 
     def compact(self, index: int, term: int) -> SnapshotMeta:
-        """Drop the entries up to `index` (<= applied): the shell holds a snapshot there."""
+        """Drop the entries up to `index`: the shell holds a snapshot there. `index` must have
+        been handed out for applying (the shell may call this before advance())."""
         if index <= self.snapshot.index:
             return self.snapshot
-        if index > self.applied:
-            raise ValueError(f"compact({index}) beyond applied index {self.applied}")
+        if index > self.applying:
+            raise ValueError(f"compact({index}) beyond the applied index {self.applying}")
         if self.term(index) != term:
             raise ValueError(f"compact({index}, {term}): entry {index} has term {self.term(index)}")
         conf = self.conf_at(index)

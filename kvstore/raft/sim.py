@@ -19,6 +19,7 @@ import heapq
 import random
 import sys
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TextIO
@@ -62,6 +63,9 @@ class SimNode:
         self.lead_term = 0
         self.lead_last = (0, 0)
         self.commit_seen = 0
+        # Readies taken from the core but not finished yet (the shell is still fsyncing),
+        # each with the step it finishes at and the term of the entry before its entries
+        self.pending: deque[tuple[int, Ready, int | None]] = deque()
 
     @property
     def up(self) -> bool:
@@ -95,6 +99,7 @@ class Cluster:
         self.now = 0
         self.flights: list[tuple[int, int, _Flight]] = []  # (delivery step, seq, flight)
         self.dirty: dict[str, SimNode] = {}  # nodes that may have a Ready
+        self.slow: dict[str, SimNode] = {}  # nodes with Readies still being persisted
         self.seq = 0
         self.drop = 0.0
         self.dup = 0.0
@@ -107,6 +112,9 @@ class Cluster:
         self.next_id = n + 1
         self.check_permanence = True  # check each leader commit can no longer be overwritten
         self.check_hard_state = True  # check a node's term never goes back nor its vote changes
+        self.slow_disk = 0.0  # chance that a Ready takes 1-3 steps to persist (the core keeps going)
+        self.skew = 0.0  # chance that a node misses a tick (clock drift)
+        self.paused: dict[str, int] = {}  # node -> step it resumes at (SIGSTOP; messages wait)
         self.crash_mid_ready = 0.0  # chance that a node crashes after persisting a Ready, before sending
         self.crash_new_leader = 0.0  # ... the first Ready of a new leader (its no-op never leaves)
         self.proposals = 0
@@ -173,6 +181,8 @@ class Cluster:
             self._log(1, f"{node_id} crashes")
         node.core = None
         node.incoming.clear()
+        node.pending.clear()  # what was not yet fsynced is lost
+        self.paused.pop(node_id, None)
 
     def retire(self, node_id: str) -> None:
         self.crash(node_id)
@@ -217,6 +227,11 @@ class Cluster:
         while self.flights and self.flights[0][0] <= self.now:
             f = heapq.heappop(self.flights)[2]
             m = f.msg
+            until = self.paused.get(m.dst)
+            if until is not None and until > self.now and not f.lost:
+                self.seq += 1
+                heapq.heappush(self.flights, (until, self.seq, f))  # waits in the socket buffer
+                continue
             dst = self.nodes.get(m.dst)
             ok = not f.lost and dst is not None and dst.core is not None and (m.src, m.dst) not in self.blocked
             if ok and self.filter is not None:
@@ -243,10 +258,21 @@ class Cluster:
 
     # ---------------------------------------------------------------- time
 
+    def pause(self, node_id: str, ticks: int) -> None:
+        """Freeze a node (no ticks, no input, no disk) for `ticks`; messages to it wait."""
+        if self.nodes[node_id].up:
+            self.paused[node_id] = self.now + ticks * STEPS_PER_TICK
+            self._log(1, f"{node_id} paused for {ticks} ticks")
+
     def tick(self) -> None:
         """One tick of every up node, then the network runs for a tick."""
+        for nid in [n for n, until in self.paused.items() if until <= self.now]:
+            del self.paused[nid]
+            self._after_input(self.nodes[nid])
         for node in self.up_nodes():
             assert node.core is not None
+            if node.id in self.paused or (self.skew and self.rng.random() < self.skew):
+                continue
             node.core.tick()
             self._after_input(node)
         self.process_readies()
@@ -352,17 +378,49 @@ class Cluster:
             node.lead_last = (c.last_index, c.log.last_term())
 
     def process_readies(self) -> None:
+        """Take the Readies of the nodes that had input, and finish those that are due."""
         dirty, self.dirty = self.dirty, {}
         for node in dirty.values():
             c = node.core
-            if c is not None and c.has_ready():
-                self._handle_ready(node, c, c.ready())
+            if c is None or self.paused.get(node.id, 0) > self.now:
+                if c is not None:
+                    self.dirty[node.id] = node
+                continue
+            while c.has_ready():
+                rd = c.ready()
+                prev = c.log.term(rd.entries[0].index - 1) if rd.entries else None
+                if c.is_leader and node.lead_term == c.term:
+                    self.check.on_leader_log(node.id, c, *node.lead_last)
+                    node.lead_last = (c.last_index, c.log.last_term())
+                due = self.now
+                if node.pending or (self.slow_disk and self.rng.random() < self.slow_disk):
+                    # like kvstore/node.py: the core keeps taking input while this one is
+                    # written; Readies still finish in order
+                    due = max(self.now + 1 + int(self.rng.random() * 3), node.pending[-1][0] if node.pending else 0)
+                node.pending.append((due, rd, prev))
+                if due > self.now:
+                    self.slow[node.id] = node
+                    break
+                self._finish_readies(node)
+                if node.core is not c:
+                    break  # crashed while handling it
+        if self.slow:
+            slow, self.slow = self.slow, {}
+            for node in slow.values():
+                if node.pending and node.pending[0][0] <= self.now and self.paused.get(node.id, 0) <= self.now:
+                    self._finish_readies(node)
+                if node.pending:
+                    self.slow[node.id] = node
 
-    def _handle_ready(self, node: SimNode, c: RaftCore, rd: Ready) -> None:
+    def _finish_readies(self, node: SimNode) -> None:
+        while node.pending and node.pending[0][0] <= self.now and node.core is not None:
+            _, rd, prev = node.pending.popleft()
+            self._handle_ready(node, node.core, rd, prev)
+        if node.core is not None:
+            self._after_input(node)  # more may have come meanwhile
+
+    def _handle_ready(self, node: SimNode, c: RaftCore, rd: Ready, prev_term: int | None) -> None:
         chk = self.check
-        if c.is_leader and node.lead_term == c.term:
-            chk.on_leader_log(node.id, c, *node.lead_last)
-            node.lead_last = (c.last_index, c.log.last_term())
         # 1. persist: snapshot, entries, hard state
         if rd.snapshot is not None:
             s = rd.snapshot
@@ -374,7 +432,7 @@ class Cluster:
             node.applied, node.state = s.index, data[1]
             self._log(1, f"{node.id} installs snapshot {s.index}/{s.term}")
         if rd.entries:
-            chk.on_persist(node.id, c, rd.entries)
+            chk.on_persist(node.id, rd.entries, prev_term)
             base = (node.snapshot.index if node.snapshot else 0) + 1
             first = rd.entries[0].index
             if first - base > len(node.entries) or first < base:
@@ -389,7 +447,7 @@ class Cluster:
                     raise Violation(f"{node.id}: hard state went back from {node.hard_state} to {hs}")
             node.hard_state = hs
             if hs.commit > node.commit_seen:
-                chk.on_commit(node.id, c, node.commit_seen, hs.commit)
+                chk.on_commit(node.id, c, node.commit_seen, hs.commit, hs.term)
                 node.commit_seen = hs.commit
                 if c.is_leader and self.check_permanence:
                     self._check_commit_is_permanent(node, c, hs.commit)

@@ -30,6 +30,10 @@ class Checker:
         self.leaders: dict[int, str] = {}  # term -> the node that led it
         self.entries: dict[tuple[int, int], tuple[int, bytes, int]] = {}  # (index, term) -> entry
         self.committed: list[int] = [0]  # committed[i]: term of committed entry i (0: unknown)
+        # commit_terms[i]: the lowest term in which a node reported entry i committed. A
+        # leader of term T must hold the entries committed in terms < T; a leader of an
+        # older term can still be elected late (its votes were delayed) without them.
+        self.commit_terms: list[int] = [0]
         self.applied: list[tuple[int, int]] = [(0, 0)]  # applied[i]: (term, state hash after i)
         self.reads: dict[bytes, int] = {}  # read context -> commit index when it was asked
         self.reads_served = 0
@@ -46,20 +50,18 @@ class Checker:
             raise Violation(f"election safety: {other} and {node} both lead term {term}")
         self.elections += 1
         lg = core.log
-        if lg.last_index < self.max_committed:
-            raise Violation(
-                f"leader completeness: {node} leads term {term} with last index {lg.last_index} "
-                f"< committed {self.max_committed}"
-            )
         snap = lg.snapshot
-        if 0 < snap.index <= self.max_committed and self.committed[snap.index] not in (0, snap.term):
-            raise Violation(f"leader completeness: {node}'s snapshot at {snap.index} has term {snap.term}")
+        if 0 < snap.index <= self.max_committed and self.commit_terms[snap.index] < term:
+            if self.committed[snap.index] not in (0, snap.term):
+                raise Violation(f"leader completeness: {node}'s snapshot at {snap.index} has term {snap.term}")
         for i in range(snap.index + 1, self.max_committed + 1):
-            want = self.committed[i]
-            if want and lg.term(i) != want:
+            if self.commit_terms[i] >= term:
+                continue
+            want, have = self.committed[i], lg.term(i)
+            if have is None or (want and have != want):
                 raise Violation(
                     f"leader completeness: {node} leads term {term} but its entry {i} has term "
-                    f"{lg.term(i)}, committed entry has term {want}"
+                    f"{have}, entry committed in term {self.commit_terms[i]} has term {want}"
                 )
 
     def on_leader_log(self, node: str, core: RaftCore, last: int, last_term: int) -> None:
@@ -71,8 +73,9 @@ class Checker:
                 f"now last={lg.last_index} term({last})={lg.term(last)}"
             )
 
-    def on_persist(self, node: str, core: RaftCore, entries: list[Entry]) -> None:
-        prev = core.log.term(entries[0].index - 1)
+    def on_persist(self, node: str, entries: list[Entry], prev: int | None) -> None:
+        """`entries` are written after an entry of term `prev` (as the log was when the
+        Ready was taken)."""
         if prev is None:
             raise Violation(f"{node}: Ready entries start at {entries[0].index}, after a gap")
         for e in entries:
@@ -84,13 +87,16 @@ class Checker:
                 )
             prev = e.term
 
-    def on_commit(self, node: str, core: RaftCore, old: int, new: int) -> None:
+    def on_commit(self, node: str, core: RaftCore, old: int, new: int, term: int) -> None:
+        """`node`, in `term`, says entries old+1..new are committed."""
         lg = core.log
         while self.max_committed < old:
             self.committed.append(0)  # committed before we could see its term
+            self.commit_terms.append(term)
         for i in range(old + 1, new + 1):
             t = lg.term(i)
             if i <= self.max_committed:
+                self.commit_terms[i] = min(self.commit_terms[i], term)
                 if t is not None and self.committed[i] and self.committed[i] != t:
                     raise Violation(
                         f"committed entry changed: {node} commits ({i}, term {t}), "
@@ -100,6 +106,7 @@ class Checker:
                     self.committed[i] = t
             else:
                 self.committed.append(t or 0)
+                self.commit_terms.append(term)
 
     def on_leader_commit(
         self, leader: str, index: int, term: int, voters: tuple[str, ...], logs: dict[str, tuple[int, int, bool]]

@@ -121,6 +121,7 @@ def chaos(cl: Cluster, rng: random.Random, ticks: int, nodes: int, churn: bool) 
     compact_rate = rng.choice([0.0, 0.02, 0.08])
     read_rate = rng.choice([0.05, 0.2])
     transfer_rate = rng.choice([0.0, 0.01])
+    pause_rate = rng.choice([0.0, 0.0, 0.01, 0.03])
     leader_crash_rate = rng.choice([0.05, 0.1]) if churn else rng.choice([0.0, 0.02])
     reads = 0
     for t in range(ticks):
@@ -136,6 +137,8 @@ def chaos(cl: Cluster, rng: random.Random, ticks: int, nodes: int, churn: bool) 
         if live and rng.random() < read_rate:
             reads += 1
             cl.read(rng.choice(live), b"r%d" % reads)
+        if live and rng.random() < pause_rate:
+            cl.pause(rng.choice(live), rng.randint(1, 25))
         if live and rng.random() < crash_rate:
             cl.crash(rng.choice(live))
         if lead is not None and rng.random() < leader_crash_rate:
@@ -225,9 +228,12 @@ def run_seed(
     cl.max_delay = rng.choice([1, 2, 4, 8, 16])
     cl.crash_mid_ready = rng.choice([0.0, 0.0, 0.002, 0.01])
     cl.crash_new_leader = 0.5 if churn else rng.choice([0.0, 0.1])
+    cl.slow_disk = rng.choice([0.0, 0.0, 0.3, 0.8])
+    cl.skew = rng.choice([0.0, 0.0, 0.05, 0.2])
     cl._log(
         1,
         f"seed {seed}: {nodes} nodes, {'churn, ' if churn else ''}drop={cl.drop} dup={cl.dup} max_delay={cl.max_delay} "
+        f"slow_disk={cl.slow_disk} skew={cl.skew} crash_mid_ready={cl.crash_mid_ready} "
         f"cfg={base}",
     )
     if tweak is not None:
