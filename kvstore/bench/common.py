@@ -124,17 +124,19 @@ def stop_process(p: BaseProcess, grace: float = 2.0) -> None:
 
 
 def sigterm_as_interrupt() -> Callable[[], None]:
-    """Make SIGTERM raise KeyboardInterrupt (so `finally` blocks run); returns the undo."""
+    """Make SIGTERM and SIGHUP (a closed terminal) raise KeyboardInterrupt, as Ctrl-C does,
+    so that `finally` blocks stop what the benchmark started; returns the undo."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
     def undo() -> None:
-        signal.signal(signal.SIGTERM, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
     return undo
 
