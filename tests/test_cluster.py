@@ -138,3 +138,22 @@ def test_resp_workers_share_the_socket_and_forward_writes(tmp_path: Path) -> Non
 
         with Client(str(d / ld / "kv.sock"), local=True) as lc:  # the shared-memory fast path
             assert lc.get("w7") == b"7"
+
+
+def test_a_follower_catches_up_on_megabytes_of_log(tmp_path: Path) -> None:
+    """Many large entries in flight at once must not exceed the gRPC message limit (regression)."""
+    from kvstore.local.client import Client
+
+    with running_cluster(tmp_path) as d:
+        ld = leader(d)
+        f = next(n for n in ("n1", "n2", "n3") if n != ld)
+        procs.stop_node(d, f)
+        with Client(str(d / ld / "kv.sock"), timeout=30) as c:
+            for i in range(120):  # 120 entries of ~100 KB: 12 MB of log
+                c.mset([(f"big{i}-{j}".encode(), b"x" * 1000) for j in range(100)])
+        t0 = time.monotonic()
+        procs.spawn(d, d / "cluster.toml", f)
+        fc = client(d, f)
+        fc.execute_command("READONLY")
+        wait_until(lambda: fc.get("big119-99") == b"x" * 1000, timeout=60, what="the follower to catch up")
+        assert time.monotonic() - t0 < 30

@@ -86,13 +86,23 @@ class Peer:
                     await self.wake.wait()
                     self.wake.clear()
                     while self.queue:
+                        # A batch stays well under the gRPC message limit: AppendEntries
+                        # can each be megabytes, and one oversized write breaks the stream.
                         batch: list[pb.RaftMessage] = []
+                        size, limit = 0, self.owner.max_message // 2
                         while self.queue and len(batch) < MAX_BATCH:
-                            m = self.queue.popleft()
+                            m = self.queue[0]
                             if m.type in _VOTE_TYPES or m.type == MsgType.TIMEOUT_NOW:
+                                self.queue.popleft()
                                 asyncio.create_task(self._unary(m))
-                            else:
-                                batch.append(msg_to_pb(m))
+                                continue
+                            p = msg_to_pb(m)
+                            n = p.ByteSize()
+                            if batch and size + n > limit:
+                                break
+                            self.queue.popleft()
+                            batch.append(p)
+                            size += n
                         if batch:
                             await call.write(pb.RaftBatch(cluster_id=self.owner.cluster_id, messages=batch))
                             self.sent += len(batch)
