@@ -15,68 +15,28 @@ with its applied index, like LMDB). A crash may also hit between persisting and 
 
 from __future__ import annotations
 
-import heapq
 import random
 import sys
 import zlib
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TextIO
 
 from .core import Config, NotLeader, ProposalDropped, RaftCore
 from .simcheck import Checker, Violation
+from .simnet import Network, fmt
+from .simnode import SimNode
 from .types import (
     JOIN,
     ConfChange,
     ConfState,
-    Entry,
     EntryType,
-    HardState,
     Message,
     MsgType,
     Ready,
-    SnapshotMeta,
 )
 
 STEPS_PER_TICK = 4  # network time resolution: a message takes 1..max_delay steps
-
-
-class SimNode:
-    """One node: its durable "disk" and state machine, and its core while it is up."""
-
-    def __init__(self, node_id: str, boot_conf: ConfState, cfg: Config) -> None:
-        self.id = node_id
-        self.boot_conf = boot_conf
-        self.cfg = cfg
-        self.core: RaftCore | None = None
-        self.retired = False  # removed from the cluster and shut down for good
-        # durable state
-        self.hard_state: HardState | None = None
-        self.snapshot: SnapshotMeta | None = None
-        self.snap_state = 0  # state hash at the snapshot index
-        self.entries: list[Entry] = []  # entries after the snapshot
-        self.applied = 0
-        self.state = 0  # running hash of every applied entry: the "state machine"
-        # bookkeeping for the checks
-        self.incoming: dict[tuple[int, int], tuple[int, int]] = {}  # snapshot data received
-        self.lead_term = 0
-        self.lead_last = (0, 0)
-        self.commit_seen = 0
-        # Readies taken from the core but not finished yet (the shell is still fsyncing),
-        # each with the step it finishes at and the term of the entry before its entries
-        self.pending: deque[tuple[int, Ready, int | None]] = deque()
-
-    @property
-    def up(self) -> bool:
-        return self.core is not None
-
-
-@dataclass(slots=True)
-class _Flight:
-    msg: Message
-    payload: tuple[int, int] | None  # snapshot data travelling with a SNAPSHOT message
-    lost: bool
 
 
 class Cluster:
@@ -97,16 +57,9 @@ class Cluster:
         self.out = out or sys.stdout
         self.base_cfg = cfg or Config(id="")
         self.now = 0
-        self.flights: list[tuple[int, int, _Flight]] = []  # (delivery step, seq, flight)
+        self.net = Network(self.rng)
         self.dirty: dict[str, SimNode] = {}  # nodes that may have a Ready
         self.slow: dict[str, SimNode] = {}  # nodes with Readies still being persisted
-        self.seq = 0
-        self.drop = 0.0
-        self.dup = 0.0
-        self.max_delay = 1
-        self.blocked: set[tuple[str, str]] = set()
-        # scripted tests: deliver filter(m) instead of m (None: drop it)
-        self.filter: Callable[[Message], Message | None] | None = None
         self.check = Checker()
         self.nodes: dict[str, SimNode] = {}
         self.next_id = n + 1
@@ -114,7 +67,6 @@ class Cluster:
         self.check_hard_state = True  # check a node's term never goes back nor its vote changes
         self.slow_disk = 0.0  # chance that a Ready takes 1-3 steps to persist (the core keeps going)
         self.skew = 0.0  # chance that a node misses a tick (clock drift)
-        self.paused: dict[str, int] = {}  # node -> step it resumes at (SIGSTOP; messages wait)
         self.crash_mid_ready = 0.0  # chance that a node crashes after persisting a Ready, before sending
         self.crash_new_leader = 0.0  # ... the first Ready of a new leader (its no-op never leaves)
         self.proposals = 0
@@ -174,15 +126,13 @@ class Cluster:
         """Stop a node; with drop_sent, the messages it sent that are still in flight die too."""
         node = self.nodes[node_id]
         if drop_sent:
-            for _, _, f in self.flights:
-                if f.msg.src == node_id:
-                    f.lost = True
+            self.net.lose_from(node_id)
         if node.core is not None:
             self._log(1, f"{node_id} crashes")
         node.core = None
         node.incoming.clear()
         node.pending.clear()  # what was not yet fsynced is lost
-        self.paused.pop(node_id, None)
+        self.net.paused.pop(node_id, None)
 
     def retire(self, node_id: str) -> None:
         self.crash(node_id)
@@ -192,22 +142,20 @@ class Cluster:
 
     def partition(self, *groups: list[str]) -> None:
         """Only nodes in the same group can talk (nodes in no group talk to no one)."""
-        side = {n: k for k, g in enumerate(groups) for n in g}
-        ids = list(self.nodes)
-        self.blocked = {(a, b) for a in ids for b in ids if a != b and (side.get(a, -1) != side.get(b, -2))}
+        self.net.partition(list(self.nodes), *groups)
         self._log(1, f"partition {groups}")
 
     def isolate(self, node_id: str) -> None:
-        self.blocked = {(a, b) for a in self.nodes for b in self.nodes if a != b and node_id in (a, b)}
+        self.net.isolate(list(self.nodes), node_id)
         self._log(1, f"isolate {node_id}")
 
     def cut(self, pairs: set[tuple[str, str]]) -> None:
         """Block exactly these directed links."""
-        self.blocked = set(pairs)
+        self.net.cut(pairs)
         self._log(1, f"cut {sorted(pairs)}")
 
     def heal(self) -> None:
-        self.blocked = set()
+        self.net.heal()
         self._log(1, "heal")
 
     def _send(self, src: SimNode, m: Message) -> None:
@@ -216,44 +164,28 @@ class Cluster:
             assert m.snapshot is not None and src.snapshot is not None
             assert src.snapshot.index == m.snapshot.index, "leader sent a snapshot it does not have"
             payload = (m.snapshot.index, src.snap_state)
-        copies = 2 if self.dup and self.rng.random() < self.dup else 1
-        for _ in range(copies):
-            self.seq += 1
-            lost = bool(self.drop) and self.rng.random() < self.drop
-            at = self.now + 1 + int(self.rng.random() * self.max_delay)
-            heapq.heappush(self.flights, (at, self.seq, _Flight(m, payload, lost)))
+        self.net.send(self.now, m, payload)
 
     def _deliver_due(self) -> None:
-        while self.flights and self.flights[0][0] <= self.now:
-            f = heapq.heappop(self.flights)[2]
-            m = f.msg
-            until = self.paused.get(m.dst)
-            if until is not None and until > self.now and not f.lost:
-                self.seq += 1
-                heapq.heappush(self.flights, (until, self.seq, f))  # waits in the socket buffer
-                continue
-            dst = self.nodes.get(m.dst)
-            ok = not f.lost and dst is not None and dst.core is not None and (m.src, m.dst) not in self.blocked
-            if ok and self.filter is not None:
-                fm = self.filter(m)
-                ok = fm is not None
-                m = fm or m
+        for f, m in self.net.due(self.now):
+            dst = self.nodes.get(f.msg.dst)
+            ok = m is not None and dst is not None and dst.core is not None
             if self.verbose >= 2:
-                self._log(2, f"{'deliver' if ok else 'lose'} {fmt(m)}")
+                self._log(2, f"{'deliver' if ok else 'lose'} {fmt(m or f.msg)}")
             if ok:
-                assert dst is not None and dst.core is not None
+                assert m is not None and dst is not None and dst.core is not None
                 if f.payload is not None:
                     dst.incoming[f.payload[0], m.snapshot.term if m.snapshot else 0] = f.payload
                 dst.core.step(m)
                 self._after_input(dst)
-            sender = self.nodes.get(m.src)
+            sender = self.nodes.get(f.msg.src)
             if sender is None or sender.core is None:
                 continue
-            if m.type == MsgType.SNAPSHOT:
-                sender.core.report_snapshot(m.dst, ok)  # the shell's snapshot transfer ended
+            if f.msg.type == MsgType.SNAPSHOT:
+                sender.core.report_snapshot(f.msg.dst, ok)  # the shell's snapshot transfer ended
                 self._after_input(sender)
-            elif not ok and not f.lost and m.type == MsgType.APPEND:
-                sender.core.report_unreachable(m.dst)  # the transport noticed the peer is gone
+            elif not ok and not f.lost and f.msg.type == MsgType.APPEND:
+                sender.core.report_unreachable(f.msg.dst)  # the transport noticed the peer is gone
                 self._after_input(sender)
 
     # ---------------------------------------------------------------- time
@@ -261,17 +193,17 @@ class Cluster:
     def pause(self, node_id: str, ticks: int) -> None:
         """Freeze a node (no ticks, no input, no disk) for `ticks`; messages to it wait."""
         if self.nodes[node_id].up:
-            self.paused[node_id] = self.now + ticks * STEPS_PER_TICK
+            self.net.paused[node_id] = self.now + ticks * STEPS_PER_TICK
             self._log(1, f"{node_id} paused for {ticks} ticks")
 
     def tick(self) -> None:
         """One tick of every up node, then the network runs for a tick."""
-        for nid in [n for n, until in self.paused.items() if until <= self.now]:
-            del self.paused[nid]
+        for nid in [n for n, until in self.net.paused.items() if until <= self.now]:
+            del self.net.paused[nid]
             self._after_input(self.nodes[nid])
         for node in self.up_nodes():
             assert node.core is not None
-            if node.id in self.paused or (self.skew and self.rng.random() < self.skew):
+            if node.id in self.net.paused or (self.skew and self.rng.random() < self.skew):
                 continue
             node.core.tick()
             self._after_input(node)
@@ -382,7 +314,7 @@ class Cluster:
         dirty, self.dirty = self.dirty, {}
         for node in dirty.values():
             c = node.core
-            if c is None or self.paused.get(node.id, 0) > self.now:
+            if c is None or self.net.paused.get(node.id, 0) > self.now:
                 if c is not None:
                     self.dirty[node.id] = node
                 continue
@@ -407,7 +339,7 @@ class Cluster:
         if self.slow:
             slow, self.slow = self.slow, {}
             for node in slow.values():
-                if node.pending and node.pending[0][0] <= self.now and self.paused.get(node.id, 0) <= self.now:
+                if node.pending and node.pending[0][0] <= self.now and self.net.paused.get(node.id, 0) <= self.now:
                     self._finish_readies(node)
                 if node.pending:
                     self.slow[node.id] = node
@@ -479,42 +411,10 @@ class Cluster:
     def _check_commit_is_permanent(self, leader: SimNode, c: RaftCore, index: int) -> None:
         term = c.log.term(index)
         assert term is not None
-        logs: dict[str, tuple[int, int, bool]] = {}
-        for n in self.nodes.values():
-            if n.retired:
-                continue
-            if n.core is not None:  # what it has in memory
-                lg = n.core.log
-                has = index <= lg.snapshot.index or lg.term(index) == term
-                logs[n.id] = (lg.last_index, lg.last_term(), has)
-            else:  # what it would restart with
-                snap = n.snapshot.index if n.snapshot else 0
-                k = index - snap - 1
-                has = index <= snap or (k < len(n.entries) and n.entries[k].term == term)
-                last = n.entries[-1] if n.entries else None
-                last_term = last.term if last else (n.snapshot.term if n.snapshot else 0)
-                logs[n.id] = (snap + len(n.entries), last_term, has)
+        logs = {n.id: n.log_summary(index, term) for n in self.nodes.values() if not n.retired}
         self.check.on_leader_commit(leader.id, index, term, c.conf_state.voters, logs)
 
     def _log(self, level: int, text: str) -> None:
         if self.verbose >= level:
             print(f"[{self.now / STEPS_PER_TICK:8.2f}] {text}", file=self.out)
 
-
-def fmt(m: Message) -> str:
-    s = f"{m.src}->{m.dst} {m.type.name} t={m.term}"
-    if m.type in (MsgType.APPEND, MsgType.VOTE, MsgType.PREVOTE):
-        s += f" idx={m.index} lt={m.log_term}"
-    if m.entries:
-        s += f" ents={m.entries[0].index}..{m.entries[-1].index}"
-    if m.type in (MsgType.APPEND, MsgType.HEARTBEAT):
-        s += f" commit={m.commit}"
-    if m.type in (MsgType.APPEND_RESP, MsgType.READ_INDEX_RESP):
-        s += f" idx={m.index}"
-    if m.reject:
-        s += f" REJECT hint={m.reject_hint} hint_term={m.log_term}"
-    if m.context:
-        s += f" ctx={m.context!r}"
-    if m.snapshot:
-        s += f" snap={m.snapshot.index}/{m.snapshot.term}"
-    return s

@@ -170,8 +170,8 @@ def check_liveness(cl: Cluster, max_ticks: int) -> int:
     """Heal everything, then the cluster must elect a leader, commit a new entry and have
     every voter apply it. Returns the ticks it took."""
     cl.heal()
-    cl.drop = cl.dup = 0.0
-    cl.max_delay = 2
+    cl.net.drop = cl.net.dup = 0.0
+    cl.net.max_delay = 2
     cl.crash_mid_ready = cl.crash_new_leader = 0.0
     for n in cl.nodes.values():
         cl.start(n.id)
@@ -223,16 +223,16 @@ def run_seed(
         max_uncommitted=rng.choice([20, 10000]),
     )
     cl = Cluster(nodes, seed=rng.getrandbits(64), cfg=base, verbose=verbose, out=out or sys.stdout)
-    cl.drop = rng.choice([0.0, 0.01, 0.05, 0.15])
-    cl.dup = rng.choice([0.0, 0.0, 0.02, 0.1])
-    cl.max_delay = rng.choice([1, 2, 4, 8, 16])
+    cl.net.drop = rng.choice([0.0, 0.01, 0.05, 0.15])
+    cl.net.dup = rng.choice([0.0, 0.0, 0.02, 0.1])
+    cl.net.max_delay = rng.choice([1, 2, 4, 8, 16])
     cl.crash_mid_ready = rng.choice([0.0, 0.0, 0.002, 0.01])
     cl.crash_new_leader = 0.5 if churn else rng.choice([0.0, 0.1])
     cl.slow_disk = rng.choice([0.0, 0.0, 0.3, 0.8])
     cl.skew = rng.choice([0.0, 0.0, 0.05, 0.2])
     cl._log(
         1,
-        f"seed {seed}: {nodes} nodes, {'churn, ' if churn else ''}drop={cl.drop} dup={cl.dup} max_delay={cl.max_delay} "
+        f"seed {seed}: {nodes} nodes, {'churn, ' if churn else ''}drop={cl.net.drop} dup={cl.net.dup} max_delay={cl.net.max_delay} "
         f"slow_disk={cl.slow_disk} skew={cl.skew} crash_mid_ready={cl.crash_mid_ready} "
         f"cfg={base}",
     )
