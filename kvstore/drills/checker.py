@@ -293,28 +293,32 @@ def _check_ops(ops: list[Op], deadline: float, max_steps: int) -> tuple[bool | N
 # -- violations that need no search ------------------------------------------------
 
 
-def _unique_values(ops: list[Op]) -> bool:
-    written = [
-        op.value for op in ops if op.kind in (OpKind.WRITE, OpKind.SWAP) and op.outcome != Outcome.FAILED
-    ]
-    return len(set(written)) == len(written)
+def _clears(op: Op) -> bool:
+    """A mutation that leaves the key absent: a delete (or a write of None)."""
+    return op.kind == OpKind.DELETE or (op.kind in MUTATIONS and op.value is None)
 
 
 def obvious_violation(ops: list[Op]) -> list[Op] | None:
     """A violation of one key's history that reads-from alone proves, or None.
 
-    Written values are unique, so every value read names its one writer, and five
-    patterns are violations whatever the order of the rest (each returns the few ops
-    that show it): a read of a value no one wrote (or whose write failed); a read of a
-    value written only after the read returned; a stale read (the writer returned, then
-    another write, delete or swap ran entirely, then the read began); two swaps that
-    both took the same old value; a read of None after a write returned with no delete
-    that could come between. Only for unique values: otherwise None.
+    Five patterns are violations whatever the order of the rest (each returns the few
+    ops that show it). Touching intervals count as concurrent throughout, as in the
+    search: `a` precedes `b` in real time only when `a` returned strictly before `b` began.
+    - a read of a value no one wrote (or whose every write failed);
+    - a read of a value all of whose writers began only after the read returned;
+    - a read of None after a write returned with no delete that could come between;
+    and, only when the value read has a single writer (values need not be unique
+    across the key: this is checked per value), since then that value never comes back
+    once overwritten:
+    - a stale read: its writer returned, then another write, delete or swap ran
+      entirely, then the read began;
+    - two swaps that both took that same old value.
     """
     ops = [op for op in ops if op.outcome != Outcome.FAILED]
-    if not _unique_values(ops):
-        return None
-    writer = {op.value: op for op in ops if op.kind in (OpKind.WRITE, OpKind.SWAP) and op.value is not None}
+    writers: dict[str, list[Op]] = {}
+    for op in ops:
+        if op.kind in (OpKind.WRITE, OpKind.SWAP) and op.value is not None:
+            writers.setdefault(op.value, []).append(op)
     readers = sorted(
         (
             op
@@ -334,17 +338,15 @@ def obvious_violation(ops: list[Op]) -> list[Op] | None:
         nxt_best = suffix_min[j + 1]
         suffix_min[j] = muts[j] if nxt_best is None or muts[j].complete < nxt_best.complete else nxt_best  # type: ignore[operator]
     # required writes of a value by return time, with the latest invocation so far
-    sets = sorted(
-        (m for m in muts if m.kind != OpKind.DELETE and m.value is not None), key=lambda m: m.complete or 0.0
-    )
+    sets = sorted((m for m in muts if not _clears(m)), key=lambda m: m.complete or 0.0)
     s_complete = [m.complete or 0.0 for m in sets]
     prefix_latest: list[Op] = []
     for m in sets:
         prefix_latest.append(
             m if not prefix_latest or m.invoke > prefix_latest[-1].invoke else prefix_latest[-1]
         )
-    # deletes by invocation, with the latest (possible) return so far
-    dels = sorted((op for op in ops if op.kind == OpKind.DELETE), key=lambda op: op.invoke)
+    # deletes (required or not) by invocation, with the latest (possible) return so far
+    dels = sorted((op for op in ops if _clears(op)), key=lambda op: op.invoke)
     d_invoke = [d.invoke for d in dels]
     d_latest: list[float] = []
     for d in dels:
@@ -355,11 +357,14 @@ def obvious_violation(ops: list[Op]) -> list[Op] | None:
     for r in readers:
         assert r.complete is not None
         if r.result is not None:
-            w = writer.get(r.result)
-            if w is None:
+            ws = writers.get(r.result)
+            if not ws:
                 return [r]
-            if w.invoke > r.complete:
-                return [r, w]
+            if all(w.invoke > r.complete for w in ws):
+                return [r, *ws]
+            if len(ws) > 1:  # the value may come back: the patterns below do not hold
+                continue
+            w = ws[0]
             if w.outcome == Outcome.OK and w.complete is not None:
                 later = suffix_min[bisect.bisect_right(m_invoke, w.complete)]
                 if later is not None and later.complete is not None and later.complete < r.invoke:
@@ -369,11 +374,11 @@ def obvious_violation(ops: list[Op]) -> list[Op] | None:
                     return [w, took[r.result], r]
                 took[r.result] = r
         else:
-            j = bisect.bisect_left(s_complete, r.invoke)
+            j = bisect.bisect_left(s_complete, r.invoke)  # the writes that returned before r began
             if j == 0:
                 continue
-            w = prefix_latest[j - 1]  # the latest-starting write that returned before r began
-            k = bisect.bisect_left(d_invoke, r.complete)
+            w = prefix_latest[j - 1]  # the latest-starting of them: a delete must follow it
+            k = bisect.bisect_right(d_invoke, r.complete)  # the deletes that began by r's return
             if k == 0 or d_latest[k - 1] < w.invoke:
                 return [w, r]
     return None
@@ -389,10 +394,11 @@ def _end(op: Op) -> float:
 def _without(ops: list[Op], drop: set[int]) -> list[Op]:
     """`ops` minus `drop` and whatever read from a dropped op.
 
-    Keeping every remaining read's possible sources (the unique writer of a value; every
-    delete that could precede a read of None) makes a violation of the subset a
-    violation of the whole history: a linearization of the whole, restricted to the
-    subset, would linearize the subset.
+    Keeping every remaining read's possible sources (every writer of a value: dropping
+    one drops all its readers; every delete that could precede a read of None, touching
+    intervals included) makes a violation of the subset a violation of the whole
+    history: a linearization of the whole, restricted to the subset, would linearize
+    the subset.
     """
     drop = set(drop)
     readers: dict[str, list[Op]] = {}
@@ -412,8 +418,8 @@ def _without(ops: list[Op], drop: set[int]) -> list[Op]:
                 if r.id not in drop:
                     drop.add(r.id)
                     queue.append(r)
-        elif gone.kind == OpKind.DELETE:
-            while none_readers and _end(none_readers[-1]) > gone.invoke:
+        elif _clears(gone):  # every read of None that could follow it (touching counts)
+            while none_readers and _end(none_readers[-1]) >= gone.invoke:
                 r = none_readers.pop()
                 if r.id not in drop:
                     drop.add(r.id)
@@ -424,15 +430,20 @@ def _without(ops: list[Op], drop: set[int]) -> list[Op]:
 def _with_sources(ops: list[Op], keep: set[int]) -> list[Op]:
     """The closed subset around `keep`: the writers of the values kept ops read are added,
     then whatever lost its possible sources is dropped."""
-    writer = {op.value: op for op in ops if op.kind in (OpKind.WRITE, OpKind.SWAP)}
+    writers: dict[str, list[Op]] = {}
+    for op in ops:
+        if op.kind in (OpKind.WRITE, OpKind.SWAP) and op.value is not None:
+            writers.setdefault(op.value, []).append(op)
     keep = set(keep)
     todo = [op for op in ops if op.id in keep]
     while todo:  # a swap added as a writer reads too
         op = todo.pop()
-        w = writer.get(op.result) if op.kind in (OpKind.READ, OpKind.SWAP) else None
-        if w is not None and w.id not in keep:
-            keep.add(w.id)
-            todo.append(w)
+        if op.kind not in (OpKind.READ, OpKind.SWAP) or op.result is None:
+            continue
+        for w in writers.get(op.result, []):
+            if w.id not in keep:
+                keep.add(w.id)
+                todo.append(w)
     return _without(ops, {op.id for op in ops} - keep)
 
 
