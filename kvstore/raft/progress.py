@@ -83,6 +83,11 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
+        if hint < self.match:
+            # The follower no longer has entries it acknowledged: its data was wiped or
+            # replaced. Start over from what it has (a snapshot if we compacted past it).
+            # Lowering match never un-commits anything; it only delays later commits.
+            self.match = hint
         self.next = max(min(rejected, hint + 1), self.match + 1, 1)
         self.probe_sent = False
         return True
