@@ -303,7 +303,9 @@ class Store:
             txn.put(_APPLIED, pack_index(indexes[-1]), db=sysdb)
             return results
 
-        return self._env.write(run)
+        # Only the log and hard state must survive a power cut; applied state is
+        # rebuilt from the log, so an apply-only Ready skips the meta-page flush.
+        return self._env.write(run, durable=bool(entries) or hard_state is not None)
 
     def log_get(self, lo: int, hi: int, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
         """Entries with lo <= index < hi. With max_bytes, stop once the blobs reach it
