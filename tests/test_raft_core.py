@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from kvstore.raft import (
     JOIN,
     ConfChange,
@@ -230,3 +232,24 @@ def test_state_machine_safety_every_node_applies_the_same_sequence():
     states = {n.state for n in cl.nodes.values() if n.applied == target}
     assert len(states) == 1  # identical state machines (the checker compared every index too)
     assert target > 100
+
+
+def test_a_ready_can_be_taken_before_the_previous_one_is_advanced():
+    """The node runtime keeps stepping the core while a Ready is being fsynced: the next
+    Ready holds only what is new, and advancing both in order leaves the core consistent."""
+    c = core(check_quorum=False)
+    rd1 = c.ready()
+    assert len(rd1.entries) == 6 and len(rd1.committed_entries) == 6
+    c.step(Message(M.VOTE, "n2", "n1", 2, index=6, log_term=1))
+    rd2 = c.ready()
+    assert rd2.entries == [] and rd2.committed_entries == [] and rd2.hard_state == HardState(2, "n2", 6)
+    assert c.applied == 0
+    c.advance(rd1)
+    c.advance(rd2)
+    assert c.applied == 6 and not c.has_ready()
+
+
+def test_config_is_validated():
+    for bad in ({"election_tick": 1}, {"heartbeat_tick": 0}, {"max_inflight": 0}, {"max_entries_per_msg": 0}):
+        with pytest.raises(ValueError):
+            core(**bad)

@@ -87,6 +87,8 @@ class RaftCore(Elections, Replication):
         """
         if cfg.heartbeat_tick < 1 or cfg.election_tick <= cfg.heartbeat_tick:
             raise ValueError("need 1 <= heartbeat_tick < election_tick")
+        if min(cfg.max_inflight, cfg.max_entries_per_msg, cfg.max_bytes_per_msg, cfg.max_uncommitted) < 1:
+            raise ValueError("max_inflight, max_entries_per_msg, max_bytes_per_msg and max_uncommitted must be >= 1")
         self.cfg = cfg
         self._id = cfg.id
         self._rng = rng

@@ -161,9 +161,10 @@ class Cluster:
     def _send(self, src: SimNode, m: Message) -> None:
         payload = None
         if m.type == MsgType.SNAPSHOT:
-            assert m.snapshot is not None and src.snapshot is not None
-            assert src.snapshot.index == m.snapshot.index, "leader sent a snapshot it does not have"
-            payload = (m.snapshot.index, src.snap_state)
+            assert m.snapshot is not None
+            if m.snapshot.index not in src.snap_states:
+                raise Violation(f"{src.id} sent snapshot {m.snapshot.index}, which it never persisted")
+            payload = (m.snapshot.index, src.snap_states[m.snapshot.index])
         self.net.send(self.now, m, payload)
 
     def _deliver_due(self) -> None:
@@ -292,7 +293,8 @@ class Cluster:
         term = c.log.term(node.applied)
         assert term is not None
         meta = c.compact(node.applied, term)
-        node.snapshot, node.snap_state = meta, node.state
+        node.snapshot = meta
+        node.snap_states[meta.index] = node.state
         del node.entries[: meta.index - (node.entries[0].index - 1 if node.entries else meta.index)]
         self._log(1, f"{node_id} compacts up to {meta.index}")
         return True
@@ -324,6 +326,8 @@ class Cluster:
                 if c.is_leader and node.lead_term == c.term:
                     self.check.on_leader_log(node.id, c, *node.lead_last)
                     node.lead_last = (c.last_index, c.log.last_term())
+                    if rd.hard_state is not None and self.check_permanence:
+                        self._check_commit_is_permanent(node, c, rd.hard_state.commit)
                 due = self.now
                 if node.pending or (self.slow_disk and self.rng.random() < self.slow_disk):
                     # like kvstore/node.py: the core keeps taking input while this one is
@@ -360,7 +364,8 @@ class Cluster:
             if data is None:
                 raise Violation(f"{node.id}: Ready.snapshot {s.index} was never received")
             chk.on_install(node.id, s.index, data[1])
-            node.snapshot, node.snap_state, node.entries = s, data[1], []
+            node.snapshot, node.entries = s, []
+            node.snap_states[s.index] = data[1]
             node.applied, node.state = s.index, data[1]
             self._log(1, f"{node.id} installs snapshot {s.index}/{s.term}")
         if rd.entries:
@@ -381,8 +386,6 @@ class Cluster:
             if hs.commit > node.commit_seen:
                 chk.on_commit(node.id, c, node.commit_seen, hs.commit, hs.term)
                 node.commit_seen = hs.commit
-                if c.is_leader and self.check_permanence:
-                    self._check_commit_is_permanent(node, c, hs.commit)
         p = self.crash_mid_ready
         if rd.soft_state is not None and rd.soft_state.role.value == "leader":
             p = max(p, self.crash_new_leader)
@@ -409,8 +412,14 @@ class Cluster:
         c.advance(rd)
 
     def _check_commit_is_permanent(self, leader: SimNode, c: RaftCore, index: int) -> None:
+        """Right when a leader's Ready says `index` is committed (and with the voters it
+        counted): could any log without that entry still win an election?"""
+        if index <= leader.commit_checked:
+            return
+        leader.commit_checked = index
         term = c.log.term(index)
-        assert term is not None
+        if term is None:
+            return  # compacted already: it was checked when committed
         logs = {n.id: n.log_summary(index, term) for n in self.nodes.values() if not n.retired}
         self.check.on_leader_commit(leader.id, index, term, c.conf_state.voters, logs)
 

@@ -20,7 +20,9 @@ class SimNode:
         # durable state
         self.hard_state: HardState | None = None
         self.snapshot: SnapshotMeta | None = None
-        self.snap_state = 0  # state hash at the snapshot index
+        # the state at each snapshot index this node took or installed: the shell sends the
+        # data of exactly the snapshot the core names, even if it took a newer one since
+        self.snap_states: dict[int, int] = {}
         self.entries: list[Entry] = []  # entries after the snapshot
         self.applied = 0
         self.state = 0  # running hash of every applied entry: the "state machine"
@@ -29,6 +31,7 @@ class SimNode:
         self.lead_term = 0
         self.lead_last = (0, 0)
         self.commit_seen = 0
+        self.commit_checked = 0
         # Readies taken from the core but not finished yet (the shell is still fsyncing),
         # each with the step it finishes at and the term of the entry before its entries
         self.pending: deque[tuple[int, Ready, int | None]] = deque()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TextIO
@@ -32,9 +33,10 @@ class SimResult:
     reads_served: int = 0
     proposals: int = 0
     seconds: float = 0.0
+    flags: str = ""  # extra replay options (the sabotage switches)
 
     def replay(self) -> str:
-        return f".venv/bin/python scripts/raft_sim.py --seed {self.seed} --nodes {self.nodes} -v"
+        return f".venv/bin/python scripts/raft_sim.py --seed {self.seed} --nodes {self.nodes}{self.flags} -v"
 
 
 def _partition(cl: Cluster, rng: random.Random) -> None:
@@ -238,12 +240,17 @@ def run_seed(
     )
     if tweak is not None:
         tweak(cl)
-    res = SimResult(seed, nodes, ok=True)
+    flags = (" --unsafe-commit" if base._unsafe_commit_any_term else "") + (
+        " --unsafe-vote" if base._unsafe_vote_twice else ""
+    )
+    res = SimResult(seed, nodes, ok=True, flags=flags)
     try:
         chaos(cl, rng, ticks, nodes, churn)
         res.ticks = ticks + check_liveness(cl, 400)
     except Violation as e:
         res.ok, res.error = False, str(e)
+    except Exception as e:  # a crash in the core or the simulator fails the seed, replayably
+        res.ok, res.error = False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
     res.elections = cl.check.elections
     res.max_committed = cl.check.max_committed
     res.reads_served = cl.check.reads_served
