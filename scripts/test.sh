@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: set up .venv, then lint, type-check and run the whole suite.
 # In CI (CI=true, root) it also installs the Debian tools some tests use
-# (redis-tools, redis-server, chromium, iproute2); elsewhere those tests skip with a reason.
+# (redis-tools, redis-server, iproute2, chromium); elsewhere those tests skip with a reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -11,6 +11,7 @@ if [ "${CI:-}" = "true" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null
     command -v redis-server >/dev/null || need="$need redis-server"
     command -v ip >/dev/null || need="$need iproute2"
     command -v tc >/dev/null || need="$need iproute2"
+    command -v chromium >/dev/null || need="$need chromium"
     if [ -n "$need" ]; then
         echo "==> CI: apt-get install$need"
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null) \
