@@ -72,6 +72,12 @@ class LocalSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"  # debug, info, warning, error; `node run --log-level` overrides
+    format: str = "text"  # text, or json: one object per line; `--log-format` overrides
+
+
+@dataclass(frozen=True)
 class TLSSettings:
     enabled: bool = False
     ca: str = "certs/ca.pem"
@@ -90,6 +96,7 @@ class ClusterConfig:
     cache: CacheSettings = field(default_factory=CacheSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     tls: TLSSettings = field(default_factory=TLSSettings)
+    log: LogSettings = field(default_factory=LogSettings)
     path: str = ""  # where it was read from
 
     def node(self, name: str) -> NodeConfig:
@@ -140,7 +147,7 @@ def parse(text: str, path: str = "") -> ClusterConfig:
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise UsageError("node names must be unique")
-    unknown = set(raw) - {"cluster", "nodes", "raft", "limits", "storage", "cache", "local", "tls"}
+    unknown = set(raw) - {"cluster", "nodes", "raft", "limits", "storage", "cache", "local", "tls", "log"}
     if unknown:
         raise UsageError(f"unknown section(s): {', '.join(sorted(unknown))}")
     return ClusterConfig(
@@ -153,6 +160,7 @@ def parse(text: str, path: str = "") -> ClusterConfig:
         cache=_section(CacheSettings, raw.get("cache"), "cache"),
         local=_section(LocalSettings, raw.get("local"), "local"),
         tls=_section(TLSSettings, raw.get("tls"), "tls"),
+        log=_section(LogSettings, raw.get("log"), "log"),
         path=path,
     )
 
@@ -178,7 +186,7 @@ def dump(cfg: ClusterConfig) -> str:
     """Write a config back as TOML (what `cluster up` stores in DIR/cluster.toml)."""
     out = ["# Written by kvstore; edit with care: every node of the cluster reads it.", "",
            "[cluster]", f"name = {_toml_value(cfg.name)}", f"id = {_toml_value(cfg.id)}", ""]
-    for sec in ("raft", "limits", "storage", "cache", "local", "tls"):
+    for sec in ("raft", "limits", "storage", "cache", "local", "tls", "log"):
         obj = getattr(cfg, sec)
         out.append(f"[{sec}]")
         for f in fields(obj):

@@ -89,3 +89,20 @@ def test_status_watch_count_and_logs(tmp_path: Path) -> None:
         assert "n1: " in r.stdout and "n3: " in r.stdout
         r = kv(d, "cluster", "logs", "n2", check=True)
         assert "n2:" in r.stdout or "role" in r.stdout
+
+
+def test_json_logs_from_the_config(tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    from kvstore.config import ClusterConfig
+
+    def json_logs(cfg: ClusterConfig) -> ClusterConfig:
+        return dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, format="json"))
+
+    with running_cluster(tmp_path, edit=json_logs) as d:
+        leader(d)
+        lines = [ln for ln in (d / "n1" / "node.log").read_text().splitlines() if ln.strip()]
+        events = [json.loads(ln) for ln in lines]
+        assert events and all({"ts", "level", "node", "msg"} <= e.keys() for e in events)
+        assert any("term" in e["msg"] for e in events)
