@@ -36,12 +36,18 @@ from kvstore.cluster import manage, procs  # noqa: E402
 from kvstore.local.client import Client  # noqa: E402
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS counts LMDB's mapped file pages (page cache, shared, reclaimable) and the
+    shared-memory cache too; RssAnon is the process's own heap."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def mem(pid: int) -> dict[str, int]:
+    return {k: round(rss_mb(pid, k)) for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}
 
 
 def lmdb_mb(d: Path, node: str) -> float:
@@ -121,16 +127,16 @@ def main() -> int:
         wait(lambda: Client(sock(f), readonly=True, timeout=5).get(last) == value, 600)
         out["wiped_catch_up_s"] = round(time.monotonic() - t0, 2)
         # overwrite workload: memory and file size stay bounded
-        before = {n: (round(rss_mb(procs.live_pid(d, n) or 0)), round(lmdb_mb(d, n))) for n in ("n1", "n2", "n3")}
+        before = {n: (mem(procs.live_pid(d, n) or 0), round(lmdb_mb(d, n))) for n in ("n1", "n2", "n3")}
         t_end = time.monotonic() + args.overwrite_minutes * 60
         hot = min(args.keys, 100_000)
         rounds = 0
         while time.monotonic() < t_end:
             load(sock(ld), hot, "k", (b"w%d" % rounds).ljust(100, b"."))
             rounds += 1
-        after = {n: (round(rss_mb(procs.live_pid(d, n) or 0)), round(lmdb_mb(d, n))) for n in ("n1", "n2", "n3")}
+        after = {n: (mem(procs.live_pid(d, n) or 0), round(lmdb_mb(d, n))) for n in ("n1", "n2", "n3")}
         out["overwrite_rounds"] = rounds
-        out["rss_mb_before_after"] = {n: [before[n][0], after[n][0]] for n in before}
+        out["memory_mb_before_after"] = {n: [before[n][0], after[n][0]] for n in before}
         out["lmdb_mb_before_after"] = {n: [before[n][1], after[n][1]] for n in before}
         out["cache_mb"] = cfg.cache.size_mb
     finally:
