@@ -201,21 +201,21 @@ class Store:
         for a, b in zip(indexes, indexes[1:], strict=False):
             if b <= a:
                 raise ValueError(f"apply_many indexes must increase: {a} then {b}")
-        data, sysdb, env = self._data, self._sys, self._env
+        return self._env.write(lambda txn: self._apply_in(txn, items))
 
-        def run(txn: Txn) -> list[T]:
-            applied = self._applied(txn)
-            if indexes[0] <= applied:
-                raise ValueError(f"index {indexes[0]} was already applied (applied index is {applied})")
-            view = WriteTxnView(txn, data, env)
-            try:
-                results = [fn(view) for _, fn in items]
-            finally:
-                view._live = False
-            txn.put(_APPLIED, pack_index(indexes[-1]), db=sysdb)
-            return results
-
-        return self._env.write(run)
+    def _apply_in(self, txn: Txn, items: Sequence[tuple[int, Callable[[WriteTxnView], T]]]) -> list[T]:
+        """Apply `items` (increasing indexes) inside `txn` and record the last as applied."""
+        applied = self._applied(txn)
+        first = items[0][0]
+        if first <= applied:
+            raise ValueError(f"index {first} was already applied (applied index is {applied})")
+        view = WriteTxnView(txn, self._data, self._env)
+        try:
+            results = [fn(view) for _, fn in items]
+        finally:
+            view._live = False
+        txn.put(_APPLIED, pack_index(items[-1][0]), db=self._sys)
+        return results
 
     def _applied(self, txn: Txn) -> int:
         raw = txn.get(_APPLIED, db=self._sys)
@@ -239,21 +239,19 @@ class Store:
                     )
         elif hard_state is None:
             return
-        logdb, sysdb = self._log, self._sys
+        self._env.write(lambda txn: self._append_in(txn, entries, hard_state))
 
-        def run(txn: Txn) -> None:
-            if entries:
-                cur = txn.cursor(db=logdb)
-                # A conflicting suffix (an old leader's entries) goes first, so the
-                # new entries can be appended in order without a tree search each.
-                if cur.set_range(pack_index(entries[0][0])):
-                    while cur.delete():
-                        pass
-                cur.putmulti(((pack_index(i), blob) for i, blob in entries), append=True)
-            if hard_state is not None:
-                txn.put(_HARD_STATE, hard_state, db=sysdb)
-
-        self._env.write(run)
+    def _append_in(self, txn: Txn, entries: Sequence[tuple[int, bytes]], hard_state: bytes | None) -> None:
+        if entries:
+            cur = txn.cursor(db=self._log)
+            # A conflicting suffix (an old leader's entries) goes first, so the
+            # new entries can be appended in order without a tree search each.
+            if cur.set_range(pack_index(entries[0][0])):
+                while cur.delete():
+                    pass
+            cur.putmulti(((pack_index(i), blob) for i, blob in entries), append=True)
+        if hard_state is not None:
+            txn.put(_HARD_STATE, hard_state, db=self._sys)
 
     def save_ready(
         self,
@@ -279,29 +277,10 @@ class Store:
                 raise ValueError(f"apply indexes must increase: {a} then {b}")
         if not entries and hard_state is None and not apply_items:
             return []
-        logdb, sysdb, data, env = self._log, self._sys, self._data, self._env
 
         def run(txn: Txn) -> list[T]:
-            if entries:
-                cur = txn.cursor(db=logdb)
-                if cur.set_range(pack_index(entries[0][0])):
-                    while cur.delete():
-                        pass
-                cur.putmulti(((pack_index(i), blob) for i, blob in entries), append=True)
-            if hard_state is not None:
-                txn.put(_HARD_STATE, hard_state, db=sysdb)
-            if not apply_items:
-                return []
-            applied = self._applied(txn)
-            if indexes[0] <= applied:
-                raise ValueError(f"index {indexes[0]} was already applied (applied index is {applied})")
-            view = WriteTxnView(txn, data, env)
-            try:
-                results = [fn(view) for _, fn in apply_items]
-            finally:
-                view._live = False
-            txn.put(_APPLIED, pack_index(indexes[-1]), db=sysdb)
-            return results
+            self._append_in(txn, entries, hard_state)
+            return self._apply_in(txn, apply_items) if apply_items else []
 
         # Only the log and hard state must survive a power cut; applied state is
         # rebuilt from the log, so an apply-only Ready skips the meta-page flush.
