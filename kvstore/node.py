@@ -148,8 +148,12 @@ class Node:
                              applied=self.store.applied_index(), rng=random.Random())
         self.applied = self.store.applied_index()
         self.cache_name = cache_name = ShmCache.name_for(str(self.data_dir), self.name)
-        self.cache = ShmCache.create(cache_name, size_bytes=self.cfg.cache.size_mb << 20,
-                                     max_value=self.cfg.cache.max_value)
+        try:
+            self.cache = ShmCache.create(cache_name, size_bytes=self.cfg.cache.size_mb << 20,
+                                         max_value=self.cfg.cache.max_value)
+        except FileExistsError as e:  # CacheInUse: another live process owns it
+            self.store.close()
+            raise KVError(f"node {self.name} of {self.data_dir} is already running ({e})") from None
         log.info("%s: opened state: term %d, applied %d, log %d..%d, voters %s", self.name,
                  hs.term if hs else 0, self.applied, first, last, ",".join(self.core.conf_state.voters))
 

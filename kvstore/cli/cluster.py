@@ -60,6 +60,9 @@ def up(obj: dict[str, Any], nodes: int, config: Path | None, timeout: float) -> 
         st, started = manage.up(d, nodes, config, timeout)
     if not started:
         console.print(f"cluster in {d} is already up")
+        n_have = len(st["nodes"])
+        if nodes != 3 and nodes != n_have:
+            console.print(f"(--nodes applies to a new cluster; this one has {n_have}: use `cluster add-node`)")
     else:
         console.print(f"started {', '.join(started)}; leader: [bold]{st['leader']}[/]")
     console.print(render_status(st))
