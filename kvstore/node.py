@@ -25,6 +25,7 @@ from kvstore import config as cfgmod
 from kvstore import snapshots
 from kvstore import statemachine as sm
 from kvstore.cache import ShmCache
+from kvstore.cluster.procs import SEEN_LEADER
 from kvstore.config import ClusterConfig, NodeConfig
 from kvstore.errors import KVError, LimitExceeded, TryAgain, Unavailable, Unknown, WrongCluster
 from kvstore.forward import Forwarder
@@ -108,6 +109,7 @@ class Node:
             self.addresses.update(json.loads(override))
         self.snapshot_index = 0
         self._metrics_server: Any = None
+        self._vote_guard = False  # see procs.rejoining
         # Test-only: answer "linearizable" reads from local state. Exists so that a drill can
         # show the checker catches a node that lies; never set it in production.
         self._unsafe_local_reads = os.environ.get("KVSTORE_UNSAFE_LOCAL_READS") == "1"
@@ -123,6 +125,11 @@ class Node:
         cid = self.store.meta_get("cluster_id")
         if cid is None:
             self.store.meta_set("cluster_id", self.cluster_id.encode())
+            if os.environ.get("KVSTORE_REJOIN") == "1":
+                self._vote_guard = True
+                log.warning("%s: started with no data in a cluster that already has a leader: no votes until "
+                            "a leader is heard (the lost data may have held a vote in the current term)",
+                            self.name)
         elif cid.decode() != self.cluster_id:
             self.store.close()
             raise WrongCluster(f"data directory {self.home} belongs to cluster {cid.decode()}, "
@@ -239,6 +246,12 @@ class Node:
         if msg.dst != self.name:
             log.warning("%s: dropped a message for %s from %s", self.name, msg.dst, msg.src)
             return
+        if self._vote_guard:
+            if msg.type in (MsgType.VOTE, MsgType.PREVOTE):
+                return  # unanswered, as if lost
+            if msg.type in (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT):
+                self._vote_guard = False
+                log.info("%s: heard from leader %s (term %d); voting again", self.name, msg.src, msg.term)
         self.core.step(msg)
         self._wake.set()
 
@@ -284,6 +297,9 @@ class Node:
             self.metrics.elections.inc()
             if ss.leader:
                 self._leader_known.set()
+                marker = self.home / SEEN_LEADER
+                if not marker.exists():
+                    marker.write_text(f"{ss.leader} {self.core.term}\n")
             else:
                 self._leader_known.clear()
         items: list[tuple[Entry, sm.Command | None]] = []

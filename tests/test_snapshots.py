@@ -42,7 +42,10 @@ def test_a_wiped_follower_comes_back_through_a_snapshot(tmp_path: Path) -> None:
         fill(d, ld, 500, prefix="during")  # the cluster keeps serving writes meanwhile
         wait_until(lambda: same_as_leader(d, f), timeout=60, what="the wiped follower to match the leader")
         assert digest(d, f)[0] == 3500
-        assert "installed snapshot" in (d / f / "node.log").read_text()
+        log = (d / f / "node.log").read_text()
+        assert "installed snapshot" in log
+        # it lost its vote with its data: it voted again only after hearing from a leader
+        assert "no votes until a leader is heard" in log and "voting again" in log
 
 
 def test_a_partitioned_follower_catches_up_by_snapshot(tmp_path: Path) -> None:

@@ -64,6 +64,8 @@ def spawn(data_dir: Path, cfg_path: Path, node: str, extra_env: dict[str, str] |
     home = data_dir / node
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     env = dict(os.environ)
+    if rejoining(data_dir, node):
+        env["KVSTORE_REJOIN"] = "1"
     env.update(extra_env or {})
     with open(log_file(data_dir, node), "ab") as logf:
         p = subprocess.Popen(
@@ -74,6 +76,18 @@ def spawn(data_dir: Path, cfg_path: Path, node: str, extra_env: dict[str, str] |
         )
     pid_file(data_dir, node).write_text(f"{p.pid}\n")
     return p.pid
+
+
+SEEN_LEADER = "seen-leader"  # written by a node the first time it knows a leader
+
+
+def rejoining(data_dir: Path, node: str) -> bool:
+    """A node with no data, in a cluster that has already elected a leader: its data was
+    lost (wiped, disk replaced). Such a node must not vote until it has heard from a
+    leader, or it could vote twice in a term it already voted in."""
+    if (data_dir / node / "data").exists():
+        return False
+    return any(p.parent.name != node for p in data_dir.glob(f"*/{SEEN_LEADER}"))
 
 
 def signal_node(pid: int, sig: int) -> None:
