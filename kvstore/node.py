@@ -22,12 +22,12 @@ from typing import Any
 import grpc
 
 from kvstore import config as cfgmod
-from kvstore import snapshots
+from kvstore import membership, snapshots
 from kvstore import statemachine as sm
 from kvstore.cache import ShmCache
 from kvstore.cluster.procs import SEEN_LEADER
 from kvstore.config import ClusterConfig, NodeConfig
-from kvstore.errors import KVError, LimitExceeded, TryAgain, Unavailable, Unknown, WrongCluster
+from kvstore.errors import KVError, TryAgain, Unknown, WrongCluster
 from kvstore.forward import Forwarder
 from kvstore.local.server import Limits, RespServer
 from kvstore.local.workers import WorkerPool
@@ -41,8 +41,6 @@ from kvstore.raft import (
     Entry,
     EntryType,
     MsgType,
-    NotLeader,
-    ProposalDropped,
     RaftCore,
     Ready,
     SnapshotMeta,
@@ -51,8 +49,9 @@ from kvstore.readindex import ReadBarrier
 from kvstore.rpc import convert
 from kvstore.rpc.pb import raft_pb2_grpc as pbg
 from kvstore.rpc.server import start_grpc_server
-from kvstore.rpc.transport import Transport, make_channel
+from kvstore.rpc.transport import Transport
 from kvstore.storage import Store
+from kvstore.writepath import WritePath
 
 log = logging.getLogger("kvstore.node")
 
@@ -60,7 +59,6 @@ log = logging.getLogger("kvstore.node")
 # An entry the data already held (an installed snapshot's data index was past it).
 _SKIPPED_RESULT: Any = object()
 _SKIPPED: Any = (_SKIPPED_RESULT, [])
-_COMMAND_NAMES = {sm.Set: "set", sm.Delete: "del", sm.MSet: "mset"}
 
 
 def _apply_fn(cmd: sm.Command | None) -> Any:
@@ -77,7 +75,7 @@ def node_home(data_dir: Path, name: str) -> Path:
     return data_dir / name
 
 
-class Node:
+class Node(WritePath):
     """One member of a cluster; also the `Backend` of its RESP server."""
 
     def __init__(self, cfg: ClusterConfig, name: str, data_dir: Path) -> None:
@@ -495,99 +493,6 @@ class Node:
 
         return tls.server_credentials(self.cfg, self.data_dir, self.name)
 
-    # ---- writes -----------------------------------------------------------------------
-
-    def _validate(self, cmd: sm.Command) -> None:
-        lim = self.cfg.limits
-        for k in sm.keys_of(cmd):
-            if not k:
-                raise LimitExceeded("empty key")
-            if len(k) > lim.max_key:
-                raise LimitExceeded(f"key is {len(k)} bytes; the limit is {lim.max_key}")
-        values = [cmd.value] if isinstance(cmd, sm.Set) else [v for _, v in cmd.pairs] \
-            if isinstance(cmd, sm.MSet) else []
-        for v in values:
-            if len(v) > lim.max_value:
-                raise LimitExceeded(f"value is {len(v)} bytes; the limit is {lim.max_value}")
-
-    async def propose_as_leader(self, cmd: sm.Command | ConfChange,
-                                timeout: float | None = None) -> tuple[sm.Result, int]:
-        try:
-            if isinstance(cmd, ConfChange):
-                idx = self.core.propose_conf_change(cmd)
-            else:
-                idx = self.core.propose(sm.encode(cmd))
-        except NotLeader as e:
-            raise TryAgain(f"{self.name} is not the leader") from e
-        except ProposalDropped as e:
-            raise TryAgain(f"proposal dropped: {e}") from e
-        self.metrics.proposals.inc()
-        fut: asyncio.Future[tuple[sm.Result, int]] = asyncio.get_running_loop().create_future()
-        self._waiters[idx] = (self.core.term, fut)
-        self._wake.set()
-        try:
-            return await asyncio.wait_for(fut, timeout or self.timeout)
-        except TimeoutError:
-            self._waiters.pop(idx, None)
-            raise Unknown(f"write at index {idx} not committed within {timeout or self.timeout:.1f}s") from None
-
-    # Writes apply in the order of write() calls: the leader proposes (and a follower
-    # enqueues for forwarding) before the first await, so the RESP server may keep a
-    # connection's pipelined writes in flight together and they share a commit.
-    ordered_writes = True
-
-    async def write(self, cmd: sm.Command) -> sm.Result:
-        name = _COMMAND_NAMES.get(type(cmd), "write")
-        t0 = time.perf_counter()
-        outcome = "ok"
-        try:
-            return await self._write(cmd)
-        except TryAgain:
-            outcome = "tryagain"
-            raise
-        except Unknown:
-            outcome = "unknown"
-            raise
-        except Exception:
-            outcome = "error"
-            raise
-        finally:
-            self.metrics.requests.labels(name, outcome).inc()
-            self.metrics.request_latency.labels(name).observe(time.perf_counter() - t0)
-
-    async def _write(self, cmd: sm.Command) -> sm.Result:
-        self._validate(cmd)
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        if self.core.is_leader:
-            try:
-                res, _ = await self.propose_as_leader(cmd, self.timeout)
-                return res
-            except TryAgain:
-                if self.core.is_leader:
-                    raise
-                # lost leadership before proposing: forward instead
-        return await self.forwarder.submit(cmd, deadline)
-
-    async def wait_for_leader(self, deadline: float) -> None:
-        """Wait (briefly, at most until deadline) for a leader to be known."""
-        loop = asyncio.get_running_loop()
-        if self.core.leader is None:
-            self._leader_known.clear()
-        try:
-            await asyncio.wait_for(self._leader_known.wait(), max(0.0, min(0.05, deadline - loop.time())))
-        except TimeoutError:
-            pass
-
-    def leader_stub(self, leader: str) -> pbg.RaftStub:
-        ent = self._leader_stubs.get(leader)
-        if ent is None:
-            addr = self._address_of(leader)
-            if addr is None:
-                raise TryAgain(f"no address for leader {leader}")
-            ch = make_channel(addr, self.cfg.limits.grpc_max_message, self._channel_credentials(), leader)
-            ent = self._leader_stubs[leader] = (ch, pbg.RaftStub(ch))
-        return ent[1]
-
     # ---- reads (Backend) --------------------------------------------------------------
 
     async def read_barrier(self) -> None:
@@ -622,7 +527,7 @@ class Node:
                 "storage": {"cache_name": self.cache_name, "store_path": str(self.home / "data"),
                             "applied_index": self.applied, "snapshot_index": self.snapshot_index}}
 
-    # ---- status and membership --------------------------------------------------------
+    # ---- status --------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         first, last = self.store.log_bounds()
@@ -638,64 +543,7 @@ class Node:
         }
 
     async def change_member(self, op: str, name: str, address: str) -> ConfState:
-        """Add a node (as a learner, then a voter once it caught up) or remove one.
-
-        One change at a time, each a single-server change (Raft thesis 4.1): any two
-        majorities of consecutive configurations overlap. A leader asked to remove itself
-        hands leadership over first and says where to ask again.
-        """
-        if not self.core.is_leader:
-            raise TryAgain(f"{self.name} is not the leader (leader: {self.core.leader or 'unknown'})")
-        if address:
-            self.addresses[name] = address
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60.0
-        conf = self.core.conf_state
-        if op == "add":
-            if name in conf.voters:
-                return conf
-            if name not in conf.learners:
-                log.info("%s: adding %s as a learner (term %d)", self.name, name, self.core.term)
-                await self.propose_as_leader(ConfChange(ConfChangeType.ADD_LEARNER, name))
-            while True:  # a voter that cannot keep up would only slow every commit down
-                pr = self.core.status().get("progress", {}).get(name, {})
-                if pr.get("match", 0) >= self.core.commit:
-                    break
-                if loop.time() > deadline:
-                    raise Unavailable(f"{name} did not catch up within 60s; it stays a learner")
-                if not self.core.is_leader:
-                    raise TryAgain("lost leadership while adding a node")
-                await asyncio.sleep(0.05)
-            log.info("%s: promoting %s to voter (term %d)", self.name, name, self.core.term)
-            await self.propose_as_leader(ConfChange(ConfChangeType.PROMOTE, name))
-        elif op == "remove":
-            if name not in conf.voters and name not in conf.learners:
-                return conf
-            if name == self.name:
-                new = await self.transfer_leadership(None)
-                raise TryAgain(f"{self.name} handed leadership to {new}; ask it to remove {self.name}")
-            log.info("%s: removing %s (term %d)", self.name, name, self.core.term)
-            await self.propose_as_leader(ConfChange(ConfChangeType.REMOVE, name))
-        else:
-            raise KVError(f"unknown membership change {op!r}")
-        return self.core.conf_state
+        return await membership.change_member(self, op, name, address)
 
     async def transfer_leadership(self, to: str | None) -> str | None:
-        if self.core.role.status_name != "leader":
-            return self.core.leader
-        st = self.core.status()
-        if to is None:
-            prog = st.get("progress", {})
-            cands = [v for v in self.core.conf_state.voters if v != self.name]
-            if not cands:
-                return self.name
-            to = max(cands, key=lambda v: prog.get(v, {}).get("match", 0))
-        self.core.transfer_leader(to)
-        self._wake.set()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 2.0
-        while loop.time() < deadline:
-            if self.core.leader not in (None, self.name) and self.core.role.status_name != "leader":
-                return self.core.leader
-            await asyncio.sleep(0.01)
-        raise TryAgain(f"leadership transfer to {to} did not finish in time")
+        return await membership.transfer_leadership(self, to)
