@@ -76,7 +76,21 @@ class NodeMetrics:
         self.apply = Histogram("kvstore_apply_seconds", "Time to apply one batch of committed entries",
                                buckets=LATENCY_BUCKETS, registry=r)
         self.snapshots = Counter("kvstore_snapshots", "Snapshots taken or installed", ["kind"], registry=r)
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._latencies: dict[str, Any] = {}
         self.elections = Counter("kvstore_raft_leader_changes", "Leader changes seen", registry=r)
+
+    def count(self, command: str, outcome: str, seconds: float | None = None) -> None:
+        """One request served. Labelled children are looked up once: this is on every GET."""
+        c = self._counters.get((command, outcome))
+        if c is None:
+            c = self._counters[(command, outcome)] = self.requests.labels(command, outcome)
+        c.inc()
+        if seconds is not None:
+            h = self._latencies.get(command)
+            if h is None:
+                h = self._latencies[command] = self.request_latency.labels(command)
+            h.observe(seconds)
 
     def watch(self, status: Callable[[], dict[str, Any]], cache_stats: Callable[[], dict[str, Any]],
               clients: Callable[[], int]) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -147,8 +148,6 @@ class Node(WritePath):
         rcfg = Config(id=self.name, election_tick=r.election_ticks, heartbeat_tick=r.heartbeat_ticks,
                       max_inflight=r.max_inflight, max_entries_per_msg=r.max_entries_per_msg,
                       max_bytes_per_msg=r.max_bytes_per_msg, max_uncommitted=r.max_uncommitted)
-        import random
-
         self.core = RaftCore(rcfg, conf=conf, hard_state=hs, entries=entries, snapshot=snap,
                              applied=self.store.applied_index(), rng=random.Random())
         self.applied = self.store.applied_index()
@@ -502,14 +501,13 @@ class Node(WritePath):
         try:
             await self.reads.wait(self.timeout)
         except TryAgain:
-            self.metrics.requests.labels("read_barrier", "tryagain").inc()
+            self.metrics.count("read_barrier", "tryagain")
             raise
-        self.metrics.requests.labels("read_barrier", "ok").inc()
-        self.metrics.request_latency.labels("read_barrier").observe(time.perf_counter() - t0)
+        self.metrics.count("read_barrier", "ok", time.perf_counter() - t0)
 
     def get(self, key: bytes) -> bytes | None:
         v = self.cache.get(key)
-        self.metrics.requests.labels("get", "ok").inc()
+        self.metrics.count("get", "ok")
         return v if v is not None else self.store.get(key)
 
     def scan(self, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:

@@ -98,8 +98,7 @@ class WritePath:
             outcome = "error"
             raise
         finally:
-            self.metrics.requests.labels(name, outcome).inc()
-            self.metrics.request_latency.labels(name).observe(time.perf_counter() - t0)
+            self.metrics.count(name, outcome, time.perf_counter() - t0)
 
     async def _write(self, cmd: sm.Command) -> sm.Result:
         self._validate(cmd)

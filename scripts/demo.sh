@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export KVSTORE_DIR="${KVSTORE_DIR:-$PWD/kvstore-data}"
-kv() { echo "\$ kvstore $*"; .venv/bin/kvstore "$@"; }
+kv() { printf '$ kvstore'; printf ' %q' "$@"; echo; .venv/bin/kvstore "$@"; }
 
 echo; echo "==> a local 3-node cluster in $KVSTORE_DIR"
 kv cluster up

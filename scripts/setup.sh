@@ -15,7 +15,13 @@ fi
 stamp=.venv/.kvstore-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "==> installing kvstore and its dependencies into .venv (first run takes a minute)"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    log=.venv/install.log
+    # pip's warnings are noise when it works; the whole log is shown when it does not.
+    if ! { .venv/bin/python -m pip install -q --upgrade pip \
+           && .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "installing into .venv failed (log above, also in $log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi

@@ -47,7 +47,8 @@ def _emit(result: dict[str, Any], as_json: bool, table: Any) -> None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=150)
-        console.print(table)
+        for t in table if isinstance(table, list) else [table]:
+            console.print(t)
         rep = result.get("report", {})
         if rep:
             click.echo("report: " + ", ".join(str(v) for v in rep.values()))
@@ -135,7 +136,7 @@ def cluster(as_json: bool, clients_text: str | None, duration: float | None, pee
     against redis-server and a 3-node etcd when --peers, as ratios."""
     from kvstore.bench.cluster.runner import ClusterOptions, run_cluster, steps
     from kvstore.bench.common import command_line, sigterm_as_interrupt
-    from kvstore.bench.report import cluster_chart, cluster_tables, to_json, write_json
+    from kvstore.bench.report import cluster_chart, cluster_tables, write_json
 
     opts = ClusterOptions(
         clients=_counts(clients_text) if clients_text else ((1, 8) if quick else (1, 16, 64, 256)),
@@ -157,15 +158,7 @@ def cluster(as_json: bool, clients_text: str | None, duration: float | None, pee
     if result["results"]:
         cluster_chart(result, report_dir / "cluster.png")
     write_json(result, report_dir / "cluster.json")
-    if as_json:
-        click.echo(to_json(result))
-    else:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=150)
-        for t in cluster_tables(result):
-            console.print(t)
-        click.echo("report: " + ", ".join(result["report"].values()))
+    _emit(result, as_json, cluster_tables(result))
     broken = [n for n, t in result["targets"].items() if t.get("error")]
     if "kvstore" in broken or not any(r["target"] == "kvstore" for r in result["results"]):
         raise CheckFailed(f"the kvstore cluster run failed: {result['targets']['kvstore'].get('error')}")

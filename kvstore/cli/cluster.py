@@ -9,31 +9,12 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from kvstore.cluster import manage, procs
+from kvstore.cluster.table import status_table
 from kvstore.errors import UsageError
 
 console = Console()
-
-
-def render_status(st: dict[str, Any]) -> Table:
-    t = Table(title=f"cluster {st.get('cluster_id', '')[:8]}  leader: {st['leader'] or '-'}", title_justify="left")
-    for col in ("node", "pid", "role", "term", "commit", "applied", "grpc"):
-        t.add_column(col, no_wrap=True)
-    for r in st["nodes"]:
-        role = r["role"] + (" (paused)" if r.get("paused") else "")
-        style = {"leader": "bold green", "down": "red", "starting": "yellow"}.get(r["role"], "")
-        t.add_row(r["name"], str(r["pid"] or "-"), f"[{style}]{role}[/]" if style else role,
-                  _s(r["term"]), _s(r["commit_index"]), _s(r["applied_index"]), r["grpc"])
-    socks = sorted({str(Path(r["socket"]).parent.parent) for r in st["nodes"]})
-    t.caption = f"sockets: {socks[0]}/<node>/kv.sock" if len(socks) == 1 else None
-    t.caption_justify = "left"
-    return t
-
-
-def _s(v: Any) -> str:
-    return "-" if v is None else str(v)
 
 
 @click.group(help="Start, stop and inspect the local cluster in --dir.")
@@ -65,7 +46,7 @@ def up(obj: dict[str, Any], nodes: int, config: Path | None, timeout: float) -> 
             console.print(f"(--nodes applies to a new cluster; this one has {n_have}: use `cluster add-node`)")
     else:
         console.print(f"started {', '.join(started)}; leader: [bold]{st['leader']}[/]")
-    console.print(render_status(st))
+    console.print(status_table(st))
     console.print(f"stop it with: kvstore --dir {d} cluster down")
 
 
@@ -86,7 +67,7 @@ def status(obj: dict[str, Any], as_json: bool, watch: bool, interval: float, cou
     if as_json:
         click.echo(json.dumps(st))
     else:
-        console.print(render_status(st))
+        console.print(status_table(st))
 
 
 @cluster.command()

@@ -18,7 +18,7 @@ import grpc
 from kvstore import config as cfgmod
 from kvstore.cluster import procs
 from kvstore.config import ClusterConfig, NodeConfig
-from kvstore.errors import Unavailable, UsageError
+from kvstore.errors import KVError, Unavailable, UsageError
 from kvstore.rpc.pb import kv_pb2, kv_pb2_grpc
 
 
@@ -148,8 +148,6 @@ def down(data_dir: Path, grace: float = 5.0) -> list[str]:
 
 def _admin_call(data_dir: Path, cfg: ClusterConfig, call: Any, timeout: float) -> Any:
     """Call an Admin RPC on the leader, following leadership changes until the deadline."""
-    from kvstore.errors import KVError, Unavailable
-
     deadline = time.monotonic() + timeout
     last = "no leader"
     while time.monotonic() < deadline:

@@ -11,28 +11,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from kvstore.cluster import manage, procs
-
-
-def _table(st: dict[str, Any], rates: dict[str, float], when: str) -> Table:
-    t = Table(title=f"cluster {st.get('cluster_id', '')[:8]}  leader: {st['leader'] or '-'}   {when}",
-              title_justify="left")
-    for col in ("node", "pid", "role", "term", "commit", "applied", "lag", "applied/s"):
-        t.add_column(col, justify="right" if col not in ("node", "role") else "left", no_wrap=True)
-    lead_commit = max((r["commit_index"] or 0 for r in st["nodes"]), default=0)
-    for r in st["nodes"]:
-        role = r["role"] + (" (paused)" if r.get("paused") else "")
-        style = {"leader": "bold green", "down": "red", "starting": "yellow"}.get(r["role"], "")
-        applied = r["applied_index"]
-        lag = "-" if applied is None else str(max(0, lead_commit - applied))
-        rate = rates.get(r["name"])
-        t.add_row(r["name"], str(r["pid"] or "-"), f"[{style}]{role}[/]" if style else role,
-                  str(r["term"] if r["term"] is not None else "-"), str(r["commit_index"] or "-"),
-                  str(applied if applied is not None else "-"), lag, "-" if rate is None else f"{rate:,.0f}")
-    t.caption = "Ctrl-C to stop"
-    return t
+from kvstore.cluster.table import status_table
 
 
 def watch_status(data_dir: Path, console: Console, interval: float = 1.0, count: int = 0) -> None:
@@ -61,7 +42,7 @@ def watch_status(data_dir: Path, console: Console, interval: float = 1.0, count:
                             t0, a0 = prev[r["name"]]
                             rates[r["name"]] = (r["applied_index"] - a0) / max(1e-6, now - t0)
                         prev[r["name"]] = (now, r["applied_index"])
-                live.update(_table(st, rates, time.strftime("%H:%M:%S")), refresh=True)
+                live.update(status_table(st, rates, time.strftime("%H:%M:%S")), refresh=True)
                 n += 1
                 if count and n >= count:
                     break

@@ -28,11 +28,11 @@ from kvstore.local.clientcore import (
     is_write,
     pack,
     pairs_of,
-    prefix_end,
     set_args,
     set_result,
     unavailable,
 )
+from kvstore.storage.codec import prefix_end
 
 
 class AsyncClient:

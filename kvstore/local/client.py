@@ -31,11 +31,11 @@ from kvstore.local.clientcore import (
     is_write,
     pack,
     pairs_of,
-    prefix_end,
     set_args,
     set_result,
     unavailable,
 )
+from kvstore.storage.codec import prefix_end
 
 __all__ = ["AsyncClient", "Client", "RetryPolicy"]
 

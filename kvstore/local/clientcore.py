@@ -105,16 +105,6 @@ def unavailable(e: Disconnected, write: bool) -> Unavailable:
     return Unavailable(f"node unavailable: {e}")
 
 
-def prefix_end(prefix: bytes) -> bytes | None:
-    p = bytearray(prefix)
-    while p and p[-1] == 0xFF:
-        p.pop()
-    if not p:
-        return None
-    p[-1] += 1
-    return bytes(p)
-
-
 def set_args(key: Key, value: Key, nx: bool, xx: bool, get: bool) -> tuple[Key, ...]:
     args: tuple[Key, ...] = (b"SET", key, value)
     if nx:

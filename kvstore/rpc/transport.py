@@ -85,22 +85,25 @@ class Peer:
                 while True:
                     await self.wake.wait()
                     self.wake.clear()
-                    while self.queue:
+                    carry: tuple[pb.RaftMessage, int] | None = None  # converted, for the next batch
+                    while self.queue or carry:
                         # A batch stays well under the gRPC message limit: AppendEntries
                         # can each be megabytes, and one oversized write breaks the stream.
                         batch: list[pb.RaftMessage] = []
                         size, limit = 0, self.owner.max_message // 2
+                        if carry:
+                            batch.append(carry[0])
+                            size, carry = carry[1], None
                         while self.queue and len(batch) < MAX_BATCH:
-                            m = self.queue[0]
+                            m = self.queue.popleft()
                             if m.type in _VOTE_TYPES or m.type == MsgType.TIMEOUT_NOW:
-                                self.queue.popleft()
                                 asyncio.create_task(self._unary(m))
                                 continue
                             p = msg_to_pb(m)
                             n = p.ByteSize()
                             if batch and size + n > limit:
+                                carry = (p, n)
                                 break
-                            self.queue.popleft()
                             batch.append(p)
                             size += n
                         if batch:
