@@ -5,7 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export KVSTORE_DIR="${KVSTORE_DIR:-$PWD/kvstore-data}"
-kv() { printf '$ kvstore'; printf ' %q' "$@"; echo; .venv/bin/kvstore "$@"; }
+kv() {  # echo the command as one would type it, then run it
+    local a line='$ kvstore'
+    for a in "$@"; do [[ "$a" == *[[:space:]]* ]] && line+=" '$a'" || line+=" $a"; done
+    echo "$line"
+    .venv/bin/kvstore "$@"
+}
 
 echo; echo "==> a local 3-node cluster in $KVSTORE_DIR"
 kv cluster up
