@@ -75,7 +75,8 @@ class NodeMetrics:
                                buckets=LATENCY_BUCKETS, registry=r)
         self.apply = Histogram("kvstore_apply_seconds", "Time to apply one batch of committed entries",
                                buckets=LATENCY_BUCKETS, registry=r)
-        self.snapshots = Counter("kvstore_snapshots", "Snapshots taken or installed", ["kind"], registry=r)
+        self.snapshots = Counter("kvstore_snapshots", "Snapshots taken, sent, installed, and streams resumed after a break",
+                                 ["kind"], registry=r)
         self._counters: dict[tuple[str, str], Any] = {}
         self._latencies: dict[str, Any] = {}
         self.elections = Counter("kvstore_raft_leader_changes", "Leader changes seen", registry=r)

@@ -1,15 +1,22 @@
-"""Log compaction and snapshots with real processes: wiped, partitioned and interrupted followers."""
+"""Log compaction and snapshots with real processes: wiped, partitioned and interrupted followers,
+and streams resumed after a break (in-process cases: test_snapshot_resume.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+from kvstore import snapshots
 from kvstore.cluster import procs
 from kvstore.config import ClusterConfig
 from kvstore.drills.proxy import ProxyMesh
 from kvstore.local.client import Client
+from kvstore.snapshots import Partial
+from kvstore.storage import Store
 
 from clusterutil import client, digest, leader, running_cluster, status, wait_until
 
@@ -79,21 +86,82 @@ def test_a_partitioned_follower_catches_up_by_snapshot(tmp_path: Path) -> None:
             m.close()
 
 
-def test_an_interrupted_snapshot_leaves_the_old_state_and_a_retry_completes(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, edit=small_snapshots) as d:
-        ld = leader(d)
-        f = next(n for n in ("n1", "n2", "n3") if n != ld)
-        fill(d, ld, 300, prefix="old")
-        wait_until(lambda: digest(d, f)[0] == 300, what="the follower to have the first keys")
-        old = digest(d, f)
-        procs.stop_node(d, f)
-        fill(d, ld, 6000, prefix="big", size=2000)  # ~12 MB: the transfer takes a while
-        procs.spawn(d, d / "cluster.toml", f)
-        # kill the receiver in the middle of the stream
-        wait_until(lambda: (d / f / "snapshot.partial").exists(), timeout=60, what="a snapshot transfer to start")
+# The sender sleeps after each 1 MiB chunk, so that a test can interrupt a stream midway.
+SLOW = {snapshots.CHUNK_DELAY_ENV: "0.1"}
+
+
+def slow_senders(cfg: ClusterConfig) -> dict[str, dict[str, str]]:
+    return {n.name: SLOW for n in cfg.nodes}
+
+
+def kept(d: Path, node: str) -> dict[str, Any]:
+    """The sidecar of the bytes a node holds of a snapshot stream ({} if none)."""
+    try:
+        return dict(json.loads((d / node / Partial.SIDECAR).read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def digest_on_disk(d: Path, node: str) -> tuple[int, str]:
+    """clusterutil.digest of a stopped node, read from its LMDB files."""
+    h = hashlib.sha256()
+    n = 0
+    store = Store(d / node / "data", readonly=True)
+    try:
+        with store.read_txn_snapshot() as (_, items):
+            for k, v in items:
+                h.update(len(k).to_bytes(4, "big") + k + len(v).to_bytes(4, "big") + v)
+                n += 1
+    finally:
+        store.close()
+    return n, h.hexdigest()
+
+
+def start_snapshot_to_a_lagging_follower(d: Path) -> tuple[str, str, tuple[int, str]]:
+    """Leave a follower behind the leader's compacted log and restart it: the leader streams
+    it an ~8 MB snapshot, slowly. Returns (leader, follower, the follower's old digest)."""
+    ld = leader(d)
+    f = next(n for n in ("n1", "n2", "n3") if n != ld)
+    fill(d, ld, 300, prefix="old")
+    wait_until(lambda: digest(d, f)[0] == 300, what="the follower to have the first keys")
+    old = digest(d, f)
+    procs.stop_node(d, f)
+    fill(d, ld, 800, prefix="big", size=10_000)
+    procs.spawn(d, d / "cluster.toml", f, extra_env=SLOW)
+    # part of the stream is on the follower's disk (it records only what it flushed)
+    wait_until(lambda: kept(d, f).get("length", 0) > 0, timeout=60, what="a snapshot stream to be half-way")
+    return ld, f, old
+
+
+def test_a_receiver_killed_mid_snapshot_keeps_its_old_state_and_resumes(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, env_for=slow_senders, edit=small_snapshots) as d:
+        ld, f, old = start_snapshot_to_a_lagging_follower(d)
         procs.stop_node(d, f, force=True)
         assert not (d / f / "kv.sock").exists()
-        # its state is the old, consistent one: start it with no peers to look at it
-        procs.spawn(d, d / "cluster.toml", f)
-        wait_until(lambda: same_as_leader(d, f), timeout=90, what="the retried snapshot to complete")
-        assert digest(d, f)[0] == 6300 and digest(d, f) != old
+        held = kept(d, f)
+        assert digest_on_disk(d, f) == old  # its state is the old, consistent one
+        procs.spawn(d, d / "cluster.toml", f, extra_env=SLOW)
+        wait_until(lambda: same_as_leader(d, f), timeout=90, what="the resumed snapshot to complete")
+        assert digest(d, f)[0] == 1100 and digest(d, f) != old
+        sid, offset = held["id"], held["length"]
+        assert f"resumed snapshot {sid} from {ld} at offset {offset} " in (d / f / "node.log").read_text()
+        assert f"resumed snapshot {sid} to {f} at offset {offset} " in (d / ld / "node.log").read_text()
+        assert kept(d, f) == {} and not (d / f / Partial.DATA).exists()
+
+
+def test_a_sender_killed_mid_snapshot_leaves_the_old_state_and_the_next_leader_starts_over(
+        tmp_path: Path) -> None:
+    with running_cluster(tmp_path, env_for=slow_senders, edit=small_snapshots) as d:
+        ld, f, old = start_snapshot_to_a_lagging_follower(d)
+        first = kept(d, f)["id"]
+        procs.stop_node(d, ld, force=True)
+        assert digest(d, f) == old  # still serving its old state: a new leader is yet to stream
+        new: str = wait_until(lambda: (status(d)["leader"] or ld) != ld and status(d)["leader"], timeout=30,
+                              what="a new leader")
+        wait_until(lambda: digest(d, f) == digest(d, new), timeout=90, what="the new leader's snapshot")
+        assert digest(d, f)[0] == 1100
+        log = (d / f / "node.log").read_text()
+        assert f"bytes of snapshot {first} from {ld}: {new} sends snapshot " in log
+        assert f"installed snapshot {first}" not in log and "resumed snapshot" not in log
+        procs.spawn(d, d / "cluster.toml", ld)  # clears what the killed node left; stopped cleanly below
+        wait_until(lambda: same_as_leader(d, ld), timeout=60, what="the old leader to catch up")

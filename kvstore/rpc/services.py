@@ -34,7 +34,12 @@ async def abort_for(context: grpc.aio.ServicerContext, e: Exception) -> None:
 
 class RaftService(pbg.RaftServicer):
     def __init__(self, node: Node) -> None:
+        from kvstore import snapshots
+
         self.node = node
+        # now, not at the first InstallSnapshot: a stream cut by a crash is trimmed to
+        # what was flushed, and deleted if nobody resumes it
+        self.snapshots = snapshots.receiver(node)
 
     async def _check(self, cluster_id: str, context: grpc.aio.ServicerContext) -> None:
         if cluster_id != self.node.cluster_id:
@@ -63,9 +68,7 @@ class RaftService(pbg.RaftServicer):
 
     async def InstallSnapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk],
                               context: grpc.aio.ServicerContext) -> pb.SnapshotAck:
-        from kvstore import snapshots
-
-        return await snapshots.install(self.node, request_iterator)
+        return await self.snapshots.install(request_iterator)
 
     async def Propose(self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext) -> pb.ProposeResponse:
         """Forwarded writes: proposed in order, each answered once applied here."""

@@ -82,6 +82,29 @@ class WriteTxnView:
             raise
 
 
+class SnapshotView:
+    """All data as of one applied index, readable until close(): what a snapshot streams.
+
+    Its read txn pins every page it can see, so while it is open LMDB cannot reuse the
+    pages that writes free and the file grows by what is written meanwhile: keep it
+    short-lived (snapshots.py closes an idle one after a bounded time). If the map must
+    grow while it is open, items() raises SnapshotInterrupted: open a new view.
+    """
+
+    def __init__(self, lr: LongRead, index: int,
+                 items: Callable[[LongRead, bytes | None], Iterator[tuple[bytes, bytes]]]) -> None:
+        self._lr = lr
+        self.index = index
+        self._items = items
+
+    def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) in key order, from the first key after `after` (from the start: None)."""
+        return self._items(self._lr, after)
+
+    def close(self) -> None:
+        self._lr.close()
+
+
 class Store:
     """One node's durable state. See the module docstring."""
 
@@ -379,15 +402,24 @@ class Store:
         writes meanwhile. If the map must grow during that time, the iterator raises
         SnapshotInterrupted (a StorageError); start the snapshot again.
         """
+        view = self.snapshot_view()
+        try:
+            yield view.index, view.items()
+        finally:
+            view.close()
+
+    def snapshot_view(self) -> SnapshotView:
+        """read_txn_snapshot's view without the block, for a caller that keeps it across
+        calls (a snapshot stream resumed later); the caller must close() it."""
         lr = self._env.long_read()
         try:
-            yield lr.run(self._applied), self._snapshot_items(lr)
-        finally:
+            return SnapshotView(lr, lr.run(self._applied), self._snapshot_items)
+        except BaseException:
             lr.close()
+            raise
 
-    def _snapshot_items(self, lr: LongRead) -> Iterator[tuple[bytes, bytes]]:
+    def _snapshot_items(self, lr: LongRead, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         db = self._data
-        after: bytes | None = None
 
         def chunk(txn: Txn) -> list[tuple[bytes, bytes]]:
             cur = txn.cursor(db=db)

@@ -97,7 +97,7 @@ class TimeoutNowRequest(_message.Message):
     def __init__(self, cluster_id: _Optional[str] = ..., message: _Optional[_Union[RaftMessage, _Mapping]] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("cluster_id", "term", "meta", "offset", "data", "last", "checksum", "data_index")
+    __slots__ = ("cluster_id", "term", "meta", "offset", "data", "last", "checksum", "data_index", "snapshot_id", "query")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,8 @@ class SnapshotChunk(_message.Message):
     LAST_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     DATA_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     term: int
     meta: SnapshotMeta
@@ -115,17 +117,21 @@ class SnapshotChunk(_message.Message):
     last: bool
     checksum: bytes
     data_index: int
-    def __init__(self, cluster_id: _Optional[str] = ..., term: _Optional[int] = ..., meta: _Optional[_Union[SnapshotMeta, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., checksum: _Optional[bytes] = ..., data_index: _Optional[int] = ..., **kwargs) -> None: ...
+    snapshot_id: int
+    query: bool
+    def __init__(self, cluster_id: _Optional[str] = ..., term: _Optional[int] = ..., meta: _Optional[_Union[SnapshotMeta, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., checksum: _Optional[bytes] = ..., data_index: _Optional[int] = ..., snapshot_id: _Optional[int] = ..., query: _Optional[bool] = ..., **kwargs) -> None: ...
 
 class SnapshotAck(_message.Message):
-    __slots__ = ("ok", "received", "error")
+    __slots__ = ("ok", "received", "error", "resume_offset")
     OK_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     received: int
     error: str
-    def __init__(self, ok: _Optional[bool] = ..., received: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    resume_offset: int
+    def __init__(self, ok: _Optional[bool] = ..., received: _Optional[int] = ..., error: _Optional[str] = ..., resume_offset: _Optional[int] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
     __slots__ = ("cluster_id", "commands")

@@ -1,0 +1,231 @@
+"""Resumable snapshot streams, in one process: the sender's stream and the receiver's kept
+bytes, with real stores and no network (the processes version is in test_snapshots.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvstore import snapshots
+from kvstore.metrics import NodeMetrics
+from kvstore.raft import ConfState, Message, MsgType, SnapshotMeta
+from kvstore.rpc.pb import raft_pb2 as pb
+from kvstore.snapshots import Outgoing, Partial, Receiver
+from kvstore.storage import Store
+
+
+class FakeNode:
+    """What snapshots.py uses of a Node."""
+
+    def __init__(self, home: Path, name: str) -> None:
+        self.home, self.name, self.cluster_id = home, name, "c1"
+        home.mkdir(parents=True, exist_ok=True)
+        self.store = Store(home / "data", map_size=64 << 20, sync=False)
+        self.applied = 0
+        self.received: list[Message] = []
+        self.metrics = NodeMetrics(name)
+        self._io = ThreadPoolExecutor(1)
+        self.cache = self
+
+    def clear(self) -> None:  # the cache
+        pass
+
+    def _wake_applied(self) -> None:
+        pass
+
+    def receive(self, m: Message) -> None:
+        self.received.append(m)
+
+    def close(self) -> None:
+        self._io.shutdown()
+        self.store.close()
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshots, "CHUNK", 4096)
+    monkeypatch.setattr(snapshots, "SYNC_EVERY", 3 * 4096)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[tuple[FakeNode, FakeNode]]:
+    src, dst = FakeNode(tmp_path / "n1", "n1"), FakeNode(tmp_path / "n2", "n2")
+    src.store.apply_many([(i + 1, _put(f"k{i:05d}".encode(), (b"%d-" % i) * 20)) for i in range(2000)])
+    dst.store.apply_many([(1, _put(b"old", b"state"))])
+    dst.applied = 1
+    yield src, dst
+    src.close()
+    dst.close()
+
+
+def _put(k: bytes, v: bytes) -> Any:
+    def fn(view: Any) -> None:
+        view.put(k, v)
+    return fn
+
+
+def snap_msg() -> Message:
+    return Message(MsgType.SNAPSHOT, src="n1", dst="n2", term=3,
+                   snapshot=SnapshotMeta(1500, 2, ConfState(voters=("n1", "n2"))))
+
+
+async def broken(it: AsyncIterator[pb.SnapshotChunk], chunks: int) -> AsyncIterator[pb.SnapshotChunk]:
+    """The head and `chunks` data chunks, then the connection breaks."""
+    n = -1
+    async for ch in it:
+        if n == chunks:
+            raise ConnectionResetError("connection reset by peer")
+        yield ch
+        n += 1
+
+
+def data(store: Store) -> list[tuple[bytes, bytes]]:
+    with store.read_txn_snapshot() as (_, items):
+        return list(items)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_broken_stream_resumes_after_a_receiver_restart(nodes: tuple[FakeNode, FakeNode],
+                                                          small_chunks: None) -> None:
+    src, dst = nodes
+    m = snap_msg()
+    out = Outgoing("n2", src.store.snapshot_view())
+    try:
+        ack = run(Receiver(dst).install(broken(snapshots._stream(src, m, out, 0), 5)))
+        assert not ack.ok and "reset" in ack.error
+        assert data(dst.store) == [(b"old", b"state")]  # untouched
+        side = json.loads((dst.home / Partial.SIDECAR).read_text())
+        kept = side["length"]
+        assert side["id"] == f"{out.id:016x}" and kept >= 5 * 4096 and kept in out.marks
+        # a crash after the last fsync can leave more bytes than recorded: they are cut off
+        with open(dst.home / Partial.DATA, "ab") as f:
+            f.write(b"garbage")
+        rx = Receiver(dst)  # the receiver restarted
+        assert (dst.home / Partial.DATA).stat().st_size == kept
+        query = snapshots._head(src, m, out, 0, query=True)
+        ans = run(rx.install(snapshots._one(query)))
+        assert ans.resume_offset == kept and kept in out.marks
+        ack = run(rx.install(snapshots._stream(src, m, out, kept)))
+        assert ack.ok, ack.error
+        assert data(dst.store) == data(src.store)
+        assert dst.applied == out.view.index and dst.received[-1].snapshot == m.snapshot
+        assert not (dst.home / Partial.DATA).exists() and not (dst.home / Partial.SIDECAR).exists()
+        assert dst.metrics.snapshots.labels("resumed")._value.get() == 1
+    finally:
+        out.close()
+
+
+def test_a_new_snapshot_id_discards_the_kept_bytes(nodes: tuple[FakeNode, FakeNode], small_chunks: None) -> None:
+    src, dst = nodes
+    m = snap_msg()
+    first, second = Outgoing("n2", src.store.snapshot_view()), Outgoing("n2", src.store.snapshot_view())
+    try:
+        rx = Receiver(dst)
+        run(rx.install(broken(snapshots._stream(src, m, first, 0), 3)))
+        assert rx.held(first.id) > 0 and rx.held(second.id) == 0
+        # the other stream cannot continue where the first one stopped...
+        ack = run(rx.install(snapshots._stream(src, m, second, rx.held(first.id))))
+        assert not ack.ok and ack.resume_offset == 0
+        # ...and from 0 it replaces it
+        ack = run(rx.install(snapshots._stream(src, m, second, 0)))
+        assert ack.ok, ack.error
+        assert data(dst.store) == data(src.store)
+        assert dst.metrics.snapshots.labels("resumed")._value.get() == 0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_resume_in_the_same_process_and_a_bad_checksum(nodes: tuple[FakeNode, FakeNode],
+                                                         small_chunks: None) -> None:
+    src, dst = nodes
+    m = snap_msg()
+    out = Outgoing("n2", src.store.snapshot_view())
+    try:
+        rx = Receiver(dst)
+        run(rx.install(broken(snapshots._stream(src, m, out, 0), 4)))
+        kept = rx.held(out.id)
+        assert rx.hashed is not None and rx.hashed[0] == kept  # no need to re-read the file
+        # the kept bytes changed on disk: the checksum catches it and nothing is installed
+        with open(dst.home / Partial.DATA, "r+b") as f:
+            f.seek(10)
+            f.write(b"X")
+        rx.hashed = None
+        ack = run(rx.install(snapshots._stream(src, m, out, kept)))
+        assert not ack.ok and "checksum" in ack.error
+        assert data(dst.store) == [(b"old", b"state")]
+        assert rx.partial is None and not (dst.home / Partial.DATA).exists()
+    finally:
+        out.close()
+
+
+@pytest.mark.parametrize("sidecar, size", [
+    ('{"id": "00000000000000ab", "from": "n1", "term": 1, "meta_index": 1, "meta_term": 1, "data_index": 2,'
+     ' "length": 100}', 50),  # fewer bytes on disk than recorded
+    ("{not json", 10),
+    ('{"id": "0000000000000000", "from": "n1", "term": 1, "meta_index": 1, "meta_term": 1, "data_index": 2,'
+     ' "length": 0}', 0),  # a sender that cannot resume
+])
+def test_an_unusable_partial_is_discarded(tmp_path: Path, sidecar: str, size: int) -> None:
+    (tmp_path / Partial.SIDECAR).write_text(sidecar)
+    (tmp_path / Partial.DATA).write_bytes(b"x" * size)
+    assert Partial.load(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_partial_is_cut_to_its_recorded_length(tmp_path: Path) -> None:
+    p = Partial(tmp_path, 0xAB, "n1", 4, (10, 3), 12, length=6)
+    (tmp_path / Partial.DATA).write_bytes(b"abcdefghij")
+    p.save()
+    q = Partial.load(tmp_path)
+    assert q is not None and (q.id, q.src, q.term, q.meta, q.data_index, q.length) == (0xAB, "n1", 4, (10, 3), 12, 6)
+    assert (tmp_path / Partial.DATA).read_bytes() == b"abcdef"
+    assert Partial.load(tmp_path / "nothing-here") is None
+
+
+def test_a_newer_stream_preempts_a_stalled_one(nodes: tuple[FakeNode, FakeNode], small_chunks: None) -> None:
+    src, dst = nodes
+    m = snap_msg()
+    stalled, fresh = Outgoing("n2", src.store.snapshot_view()), Outgoing("n2", src.store.snapshot_view())
+    stall = asyncio.Event()
+
+    async def stalling(it: AsyncIterator[pb.SnapshotChunk]) -> AsyncIterator[pb.SnapshotChunk]:
+        n = 0
+        async for ch in it:
+            yield ch
+            n += 1
+            if n == 3:
+                stall.set()
+                await asyncio.Event().wait()  # a sender that stopped answering
+
+    async def scenario() -> tuple[BaseException | pb.SnapshotAck, pb.SnapshotAck]:
+        rx = Receiver(dst)
+        first = asyncio.create_task(rx.install(stalling(snapshots._stream(src, m, stalled, 0))))
+        await stall.wait()
+        older = snapshots._head(src, with_term(m, 2), fresh, 0)
+        refused = await rx.install(snapshots._one(older))  # an older term does not preempt
+        assert not refused.ok and "term 3" in refused.error
+        second = await rx.install(snapshots._stream(src, m, fresh, 0))
+        return (await asyncio.gather(first, return_exceptions=True))[0], second
+
+    try:
+        first, second = run(scenario())
+        assert isinstance(first, asyncio.CancelledError)
+        assert second.ok, second.error
+        assert data(dst.store) == data(src.store)
+    finally:
+        stalled.close()
+        fresh.close()
+
+
+def with_term(m: Message, term: int) -> Message:
+    return Message(m.type, src=m.src, dst=m.dst, term=term, snapshot=m.snapshot)
