@@ -406,9 +406,11 @@ class Receiver:
                 async for ch in it:
                     if ch.offset != received:
                         raise SnapshotError(f"snapshot chunk at offset {ch.offset}, expected {received}")
-                    f.write(ch.data)
-                    h.update(ch.data)
-                    received += len(ch.data)
+                    data = ch.data  # each read of a bytes field copies it (upb)
+                    f.write(data)
+                    h.update(data)
+                    received += len(data)
+                    del data
                     if ch.last:
                         if ch.checksum != h.digest():
                             raise SnapshotError("snapshot checksum mismatch")
