@@ -94,6 +94,7 @@ class Node(WritePath):
         self._wake = asyncio.Event()
         self._leader_known = asyncio.Event()
         self._waiters: dict[int, tuple[int, asyncio.Future[tuple[sm.Result, int]]]] = {}
+        self._expiry: list[tuple[float, int, float]] = []
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
@@ -151,6 +152,7 @@ class Node(WritePath):
         self.core = RaftCore(rcfg, conf=conf, hard_state=hs, entries=entries, snapshot=snap,
                              applied=self.store.applied_index(), rng=random.Random())
         self.applied = self.store.applied_index()
+        self._synced_vote = (hs.term, hs.vote) if hs else (0, None)
         self.cache_name = cache_name = ShmCache.name_for(str(self.data_dir), self.name)
         try:
             self.cache = ShmCache.create(cache_name, size_bytes=self.cfg.cache.size_mb << 20,
@@ -265,6 +267,8 @@ class Node(WritePath):
             await asyncio.sleep(max(0.0, delay))
             self.core.tick()
             self.reads.on_tick()
+            if self._expiry:
+                self._expire_waiters(loop.time())
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -312,27 +316,42 @@ class Node(WritePath):
         keys = {k for _, c in items if c is not None for k in sm.keys_of(c)}
         for k in keys:  # no reader may see an old value once LMDB has the new one
             self.cache.delete(k)
+        hs = rd.hard_state
+        msgs = rd.messages
+        if msgs and (hs is None or (hs.term, hs.vote) == self._synced_vote):
+            # A leader's appends go out while it writes them itself (thesis 10.2.1): the
+            # core counts its own copy only after advance(), so nothing commits early.
+            early, msgs = rd.early_messages()
+            if early:
+                self._send(early)
         t0 = time.perf_counter()
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None or items:
+        if rd.snapshot is not None or rd.entries or hs is not None or items:
+            # Term and vote must be on disk before any message that depends on them; the
+            # commit index alone need not be (etcd's MustSync): it is learnt again.
+            must_sync = bool(rd.entries) or rd.snapshot is not None or (
+                hs is not None and (hs.term, hs.vote) != self._synced_vote)
             outs = await asyncio.get_running_loop().run_in_executor(
                 self._io, self._persist, rd.snapshot,
                 [(e.index, convert.entry_blob(e)) for e in rd.entries],
-                convert.hard_state_blob(rd.hard_state) if rd.hard_state else None,
-                [(e.index, _apply_fn(c)) for e, c in items])
+                convert.hard_state_blob(hs) if hs else None,
+                [(e.index, _apply_fn(c)) for e, c in items], must_sync)
+            if hs is not None:
+                self._synced_vote = (hs.term, hs.vote)
             self.metrics.fsync.observe(time.perf_counter() - t0)
             if rd.entries:
                 self.metrics.batch_entries.observe(len(rd.entries))
         else:
             outs = []
-        if rd.messages:
-            self._send(rd.messages)
+        if msgs:
+            self._send(msgs)
         if items:
             self._after_apply(items, outs)
         for rs in rd.read_states:
             self.reads.on_read_state(rs.index, rs.context)
 
     def _persist(self, snap: SnapshotMeta | None, entries: list[tuple[int, bytes]], hard_state: bytes | None,
-                 apply: list[tuple[int, Any]]) -> list[tuple[sm.Result, list[tuple[bytes, bytes | None]]]]:
+                 apply: list[tuple[int, Any]],
+                 must_sync: bool = True) -> list[tuple[sm.Result, list[tuple[bytes, bytes | None]]]]:
         """On the io thread, in Ready order: one transaction, one fsync.
 
         Entries the data already holds (an installed snapshot's data index is past them)
@@ -346,7 +365,7 @@ class Node(WritePath):
             self.snapshot_index = snap.index
         applied = self.store.applied_index()
         todo = [(i, fn) for i, fn in apply if i > applied]
-        outs = self.store.save_ready(entries, hard_state, todo)
+        outs = self.store.save_ready(entries, hard_state, todo, must_sync)
         if len(todo) == len(apply):
             return outs
         done = dict(zip((i for i, _ in todo), outs, strict=True))

@@ -6,8 +6,9 @@ A mixin of `Node`: it uses the node's core, metrics, forwarder and waiters.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 _COMMAND_NAMES = {sm.Set: "set", sm.Delete: "del", sm.MSet: "mset"}
 
 
+def _outcome(e: BaseException) -> str:
+    return "tryagain" if isinstance(e, TryAgain) else "unknown" if isinstance(e, Unknown) else "error"
+
+
 class WritePath:
     # Provided by Node.
     name: str
@@ -35,6 +40,7 @@ class WritePath:
     forwarder: Forwarder
     timeout: float
     _waiters: dict[int, tuple[int, asyncio.Future[tuple[sm.Result, int]]]]
+    _expiry: list[tuple[float, int, float]]  # a heap of (deadline, index, timeout) of _waiters
     _wake: asyncio.Event
     _leader_known: asyncio.Event
     _leader_stubs: dict[str, tuple[grpc.aio.Channel, pbg.RaftStub]]
@@ -56,8 +62,11 @@ class WritePath:
             if len(v) > lim.max_value:
                 raise LimitExceeded(f"value is {len(v)} bytes; the limit is {lim.max_value}")
 
-    async def propose_as_leader(self, cmd: sm.Command | ConfChange,
-                                timeout: float | None = None) -> tuple[sm.Result, int]:
+    def propose_future(self, cmd: sm.Command | ConfChange,
+                       timeout: float | None = None) -> asyncio.Future[tuple[sm.Result, int]]:
+        """Propose on this node (the leader) now; the future resolves with (result, index)
+        once applied here, or fails with TryAgain (leadership changed) or Unknown (not
+        applied in time: the ticker expires it). No Task or timer per write."""
         try:
             if isinstance(cmd, ConfChange):
                 idx = self.core.propose_conf_change(cmd)
@@ -68,50 +77,78 @@ class WritePath:
         except ProposalDropped as e:
             raise TryAgain(f"proposal dropped: {e}") from e
         self.metrics.proposals.inc()
-        fut: asyncio.Future[tuple[sm.Result, int]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[sm.Result, int]] = loop.create_future()
         self._waiters[idx] = (self.core.term, fut)
+        t = timeout or self.timeout
+        heapq.heappush(self._expiry, (loop.time() + t, idx, t))
         self._wake.set()
-        try:
-            return await asyncio.wait_for(fut, timeout or self.timeout)
-        except TimeoutError:
-            self._waiters.pop(idx, None)
-            raise Unknown(f"write at index {idx} not committed within {timeout or self.timeout:.1f}s") from None
+        return fut
 
-    # Writes apply in the order of write() calls: the leader proposes (and a follower
-    # enqueues for forwarding) before the first await, so the RESP server may keep a
+    def _expire_waiters(self, now: float) -> None:
+        """Fail the proposals whose time ran out (called on every tick)."""
+        h = self._expiry
+        while h and h[0][0] <= now:
+            _, idx, t = heapq.heappop(h)
+            w = self._waiters.pop(idx, None)
+            if w is not None and not w[1].done():
+                w[1].set_exception(Unknown(f"write at index {idx} not committed within {t:.1f}s"))
+
+    async def propose_as_leader(self, cmd: sm.Command | ConfChange,
+                                timeout: float | None = None) -> tuple[sm.Result, int]:
+        return await self.propose_future(cmd, timeout)
+
+    # Writes apply in the order of submit_write() calls: the leader proposes (and a
+    # follower enqueues for forwarding) at once, so the RESP server may keep a
     # connection's pipelined writes in flight together and they share a commit.
     ordered_writes = True
 
-    async def write(self, cmd: sm.Command) -> sm.Result:
+    def submit_write(self, cmd: sm.Command) -> asyncio.Future[sm.Result]:
+        """Start a write and return a future of its result: proposed here on the leader,
+        or queued for the leader by the forwarder. The RESP server keeps a pipeline's
+        writes in flight this way without a Task for each. Raises at once (TryAgain,
+        LimitExceeded) when the write cannot even start."""
         name = _COMMAND_NAMES.get(type(cmd), "write")
+        count = self.metrics.count
         t0 = time.perf_counter()
-        outcome = "ok"
         try:
-            return await self._write(cmd)
-        except TryAgain:
-            outcome = "tryagain"
+            inner, pair = self._start_write(cmd)
+        except Exception as e:
+            count(name, _outcome(e))
             raise
-        except Unknown:
-            outcome = "unknown"
-            raise
-        except Exception:
-            outcome = "error"
-            raise
-        finally:
-            self.metrics.count(name, outcome, time.perf_counter() - t0)
+        out: asyncio.Future[sm.Result] = asyncio.get_running_loop().create_future()
 
-    async def _write(self, cmd: sm.Command) -> sm.Result:
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                count(name, "error")
+                out.cancel()
+                return
+            e = f.exception()
+            count(name, "ok" if e is None else _outcome(e), time.perf_counter() - t0)
+            if out.done():
+                return
+            if e is not None:
+                out.set_exception(e)
+            else:
+                out.set_result(f.result()[0] if pair else f.result())
+
+        inner.add_done_callback(done)
+        return out
+
+    def _start_write(self, cmd: sm.Command) -> tuple[asyncio.Future[Any], bool]:
+        """(a future, whether it yields (result, index) rather than the result)."""
         self._validate(cmd)
-        deadline = asyncio.get_running_loop().time() + self.timeout
         if self.core.is_leader:
             try:
-                res, _ = await self.propose_as_leader(cmd, self.timeout)
-                return res
+                return self.propose_future(cmd, self.timeout), True
             except TryAgain:
                 if self.core.is_leader:
                     raise
                 # lost leadership before proposing: forward instead
-        return await self.forwarder.submit(cmd, deadline)
+        return self.forwarder.submit(cmd, asyncio.get_running_loop().time() + self.timeout), False
+
+    async def write(self, cmd: sm.Command) -> sm.Result:
+        return await self.submit_write(cmd)
 
     async def wait_for_leader(self, deadline: float) -> None:
         """Wait (briefly, at most until deadline) for a leader to be known."""

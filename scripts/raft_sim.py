@@ -39,9 +39,12 @@ def main() -> int:
     ap.add_argument("-v", "--verbose", action="count", default=0, help="-v trace events, -vv every message")
     ap.add_argument("--unsafe-commit", action="store_true", help="sabotage the commit rule (demo)")
     ap.add_argument("--unsafe-vote", action="store_true", help="sabotage vote persistence (demo)")
+    ap.add_argument("--unsafe-count", action="store_true",
+                    help="sabotage: a leader counts its own entries before writing them (demo)")
     args = ap.parse_args()
     sizes = args.nodes or [3, 5]
-    cfg = Config(id="", _unsafe_commit_any_term=args.unsafe_commit, _unsafe_vote_twice=args.unsafe_vote)
+    cfg = Config(id="", _unsafe_commit_any_term=args.unsafe_commit, _unsafe_vote_twice=args.unsafe_vote,
+                 _unsafe_count_unpersisted=args.unsafe_count)
     seeds = [args.seed] if args.seed is not None else list(range(args.start, args.start + args.seeds))
     jobs = [(seed, n, args.ticks, cfg, args.verbose) for n in sizes for seed in seeds]
     one = args.seed is not None

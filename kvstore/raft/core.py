@@ -366,6 +366,13 @@ class RaftCore(Elections, Replication):
 
     def advance(self, rd: Ready) -> None:
         """The shell persisted, sent and applied `rd`."""
+        if rd.snapshot is not None:
+            self.log.mark_persisted(rd.snapshot.index)
+        if rd.entries:
+            self.log.mark_persisted(rd.entries[-1].index)
+            if self._role == Role.LEADER:
+                self._prs[self._id].maybe_update(self.log.persisted)
+                self._maybe_commit()
         applied = self.log.applied
         if rd.snapshot is not None:
             applied = max(applied, rd.snapshot.index)

@@ -17,7 +17,7 @@ class Elections(RaftState):
         last = self.log.last_index
         mi = self.cfg.max_inflight
         self._prs = {p: Progress(last + 1, mi) for p in self._conf.members()}
-        me = self._prs[self._id] = Progress(last + 1, mi, match=last)
+        me = self._prs[self._id] = Progress(last + 1, mi, match=self.log.persisted)
         me.become_replicate()
         me.recent_active = True
         self._bcast_commit = self.log.committed

@@ -38,6 +38,10 @@ class RaftLog:
         self.applied = min(applied, self.committed)
         self.applying = self.applied  # highest index handed out to apply
         self.unstable = last + 1  # first index not yet handed out to persist
+        # The last index known durable: the shell reported it persisted (advance) and no
+        # conflict replaced it since. A leader counts only this much of its own log
+        # towards a commit, so it may send entries before writing them (thesis 10.2.1).
+        self.persisted = last
         self.pending_snapshot: SnapshotMeta | None = None  # restored, not yet handed out
         self._confs: list[tuple[int, ConfState]] = [(snapshot.index, snapshot.conf)]
         self._track_confs(self.entries)
@@ -140,6 +144,7 @@ class RaftLog:
         del self.entries[first - self.snapshot.index - 1 :]
         self.entries.extend(entries)
         self.unstable = min(self.unstable, first)
+        self.persisted = min(self.persisted, first - 1)
         while self._confs[-1][0] >= first:
             self._confs.pop()
         self._track_confs(entries)
@@ -175,6 +180,7 @@ class RaftLog:
         self.committed = snap.index
         self.applying = max(self.applying, snap.index)
         self.unstable = snap.index + 1
+        self.persisted = min(self.persisted, snap.index)
         self.pending_snapshot = snap
         self._confs = [(snap.index, snap.conf)]
 
@@ -204,6 +210,11 @@ class RaftLog:
 
     def has_next_committed(self) -> bool:
         return self.committed > self.applying
+
+    def mark_persisted(self, index: int) -> None:
+        """The shell wrote a Ready whose entries (or snapshot) end at `index`. Entries
+        replaced by a conflict since it was handed out stay unpersisted."""
+        self.persisted = max(self.persisted, min(index, self.unstable - 1))
 
     def mark_handed_out(self, applying: int) -> None:
         self.unstable = self.last_index + 1

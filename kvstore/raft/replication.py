@@ -100,11 +100,12 @@ class Replication(RaftState):
     def _append(self, etype: EntryType, data: bytes) -> int:
         index = self.log.last_index + 1
         self.log.append([Entry(index, self._term, etype, data)])
-        self._prs[self._id].maybe_update(index)
+        # Our own copy counts towards a commit once the shell persisted it (advance()).
+        if self.cfg._unsafe_count_unpersisted:
+            self._prs[self._id].maybe_update(index)
         if etype == EntryType.CONF_CHANGE:
             self._conf_changed()
         self._pending_bcast = True  # sent at the next ready(): one batch for many proposals
-        self._maybe_commit()
         return index
 
     def _conf_changed(self) -> None:

@@ -65,8 +65,10 @@ class Cluster:
         self.next_id = n + 1
         self.check_permanence = True  # check each leader commit can no longer be overwritten
         self.check_hard_state = True  # check a node's term never goes back nor its vote changes
-        self.slow_disk = 0.0  # chance that a Ready takes 1-3 steps to persist (the core keeps going)
+        self.slow_disk = 0.0  # chance that a Ready takes 1..slow_disk_steps steps to persist (the core keeps going)
+        self.slow_disk_steps = 3
         self.skew = 0.0  # chance that a node misses a tick (clock drift)
+        self.early_send = True  # send a leader's appends before persisting them (Ready.early_messages)
         self.crash_mid_ready = 0.0  # chance that a node crashes after persisting a Ready, before sending
         self.crash_new_leader = 0.0  # ... the first Ready of a new leader (its no-op never leaves)
         self.proposals = 0
@@ -323,6 +325,12 @@ class Cluster:
             while c.has_ready():
                 rd = c.ready()
                 prev = c.log.term(rd.entries[0].index - 1) if rd.entries else None
+                if self.early_send:
+                    # like kvstore/node.py: a leader's appends leave before its own write;
+                    # a crash before the write loses the entries here, not in flight
+                    early, rd.messages = rd.early_messages()
+                    for m in early:
+                        self._send(node, m)
                 if c.is_leader and node.lead_term == c.term:
                     self.check.on_leader_log(node.id, c, *node.lead_last)
                     node.lead_last = (c.last_index, c.log.last_term())
@@ -332,7 +340,7 @@ class Cluster:
                 if node.pending or (self.slow_disk and self.rng.random() < self.slow_disk):
                     # like kvstore/node.py: the core keeps taking input while this one is
                     # written; Readies still finish in order
-                    due = max(self.now + 1 + int(self.rng.random() * 3), node.pending[-1][0] if node.pending else 0)
+                    due = max(self.now + 1 + int(self.rng.random() * self.slow_disk_steps), node.pending[-1][0] if node.pending else 0)
                 node.pending.append((due, rd, prev))
                 if due > self.now:
                     self.slow[node.id] = node
@@ -420,7 +428,7 @@ class Cluster:
         term = c.log.term(index)
         if term is None:
             return  # compacted already: it was checked when committed
-        logs = {n.id: n.log_summary(index, term) for n in self.nodes.values() if not n.retired}
+        logs = {n.id: n.log_summaries(index, term) for n in self.nodes.values() if not n.retired}
         self.check.on_leader_commit(leader.id, index, term, c.conf_state.voters, logs)
 
     def _log(self, level: int, text: str) -> None:

@@ -109,23 +109,27 @@ class Checker:
                 self.commit_terms.append(term)
 
     def on_leader_commit(
-        self, leader: str, index: int, term: int, voters: tuple[str, ...], logs: dict[str, tuple[int, int, bool]]
+        self, leader: str, index: int, term: int, voters: tuple[str, ...],
+        logs: dict[str, list[tuple[int, int, bool]]],
     ) -> None:
         """A leader just committed (index, term). No node lacking it may be able to win an
         election, i.e. be at least as up to date as a majority of voters: that is what makes
-        a commit permanent (paper 5.4). `logs`: node -> (last index, last term, has entry).
-        This is the Figure 8 check: it fires the moment an unsafe commit happens, not only
-        when a later leader actually overwrites the entry."""
+        a commit permanent (paper 5.4). `logs`: node -> [(last index, last term, has
+        entry)] for its disk and, when up, its memory: a crash now would bring a node back
+        with its disk, so an entry counts only where it is durable. This is the Figure 8
+        check (and the check of a leader that counts its own unwritten entries): it fires
+        the moment an unsafe commit happens, not only when a later leader overwrites it."""
         quorum = len(voters) // 2 + 1
-        for n, (li, lt, has) in logs.items():
-            if has:
-                continue
-            beats = [v for v in voters if v in logs and (lt, li) >= (logs[v][1], logs[v][0])]
-            if len(beats) >= quorum:
-                raise Violation(
-                    f"unsafe commit: {leader} committed ({index}, term {term}) but {n} lacks it and its log "
-                    f"(last {li}, term {lt}) is as up to date as voters {beats}: it can win and overwrite it"
-                )
+        for n, summaries in logs.items():
+            for li, lt, has in summaries:
+                if has:
+                    continue
+                beats = [v for v in voters if v in logs and any((lt, li) >= (vt, vi) for vi, vt, _ in logs[v])]
+                if len(beats) >= quorum:
+                    raise Violation(
+                        f"unsafe commit: {leader} committed ({index}, term {term}) but {n} lacks it and its log "
+                        f"(last {li}, term {lt}) is as up to date as voters {beats}: it can win and overwrite it"
+                    )
 
     def on_apply(self, node: str, index: int, term: int, state: int) -> None:
         if index < len(self.applied):

@@ -40,14 +40,16 @@ class SimNode:
     def up(self) -> bool:
         return self.core is not None
 
-    def log_summary(self, index: int, term: int) -> tuple[int, int, bool]:
-        """(last index, last term, has entry (index, term)) of the log this node would
-        campaign with: its memory when up, its disk when down."""
-        if self.core is not None:
-            lg = self.core.log
-            return lg.last_index, lg.last_term(), index <= lg.snapshot.index or lg.term(index) == term
+    def log_summaries(self, index: int, term: int) -> list[tuple[int, int, bool]]:
+        """(last index, last term, has entry (index, term)) of each log this node could
+        campaign or vote with: its memory when up, and its disk (a crash now would bring
+        it back with that)."""
         snap = self.snapshot.index if self.snapshot else 0
         k = index - snap - 1
         has = index <= snap or (k < len(self.entries) and self.entries[k].term == term)
         last_term = self.entries[-1].term if self.entries else (self.snapshot.term if self.snapshot else 0)
-        return snap + len(self.entries), last_term, has
+        out = [(snap + len(self.entries), last_term, has)]
+        if self.core is not None:
+            lg = self.core.log
+            out.append((lg.last_index, lg.last_term(), index <= lg.snapshot.index or lg.term(index) == term))
+        return out

@@ -232,16 +232,20 @@ def run_seed(
     cl.crash_new_leader = 0.5 if churn else rng.choice([0.0, 0.1])
     cl.slow_disk = rng.choice([0.0, 0.0, 0.3, 0.8])
     cl.skew = rng.choice([0.0, 0.0, 0.05, 0.2])
+    # a disk slower than the network at times (but well inside an election timeout)
+    cl.slow_disk_steps = 3 if churn else rng.choice([3, 3, 6, 12])
     cl._log(
         1,
         f"seed {seed}: {nodes} nodes, {'churn, ' if churn else ''}drop={cl.net.drop} dup={cl.net.dup} max_delay={cl.net.max_delay} "
-        f"slow_disk={cl.slow_disk} skew={cl.skew} crash_mid_ready={cl.crash_mid_ready} "
+        f"slow_disk={cl.slow_disk}x{cl.slow_disk_steps} skew={cl.skew} crash_mid_ready={cl.crash_mid_ready} "
         f"cfg={base}",
     )
     if tweak is not None:
         tweak(cl)
     flags = (" --unsafe-commit" if base._unsafe_commit_any_term else "") + (
         " --unsafe-vote" if base._unsafe_vote_twice else ""
+    ) + (
+        " --unsafe-count" if base._unsafe_count_unpersisted else ""
     )
     res = SimResult(seed, nodes, ok=True, flags=flags)
     try:

@@ -167,6 +167,9 @@ class SoftState:
     role: Role
 
 
+_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT})
+
+
 @dataclass(slots=True)
 class Ready:
     """What the shell must do, in this order:
@@ -177,6 +180,11 @@ class Ready:
     3. apply `committed_entries` in order (for CONF_CHANGE entries call
        RaftCore.apply_conf_change); serve `read_states` once applied >= their index;
     4. call RaftCore.advance(ready).
+
+    A leader's AppendEntries and heartbeats may go out before step 1 finishes (see
+    `early_messages`): the leader counts its own entries towards a commit only once
+    advance() says they were persisted (thesis 10.2.1), so a follower never learns a
+    commit index that a crash of the leader's disk could undo.
     """
 
     soft_state: SoftState | None = None
@@ -186,6 +194,17 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+
+    def early_messages(self) -> tuple[list[Message], list[Message]]:
+        """Split `messages` into (those that may be sent while this Ready is still being
+        persisted, the rest). Early: a leader's APPEND and HEARTBEAT, whose term was made
+        durable before the votes that elected it were asked for. Every answer to a peer
+        (votes, append responses) and anything else waits for the persist."""
+        early: list[Message] = []
+        late: list[Message] = []
+        for m in self.messages:
+            (early if m.type in _EARLY else late).append(m)
+        return early, late
 
 
 @dataclass
@@ -204,6 +223,7 @@ class Config:
     # Test-only sabotage, to prove the simulation catches real bugs. Never set in production.
     _unsafe_commit_any_term: bool = False  # count replicas of older-term entries (Figure 8)
     _unsafe_vote_twice: bool = False  # grant a second vote in the same term
+    _unsafe_count_unpersisted: bool = False  # a leader counts its own entries before they are written
 
 
 class NotLeader(Exception):

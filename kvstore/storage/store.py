@@ -281,9 +281,15 @@ class Store:
         entries: Sequence[tuple[int, bytes]],
         hard_state: bytes | None,
         apply_items: Sequence[tuple[int, Callable[[WriteTxnView], T]]],
+        must_sync: bool | None = None,
     ) -> list[T]:
         """One Raft `Ready` in ONE transaction and one fsync: append log entries (dropping
         a conflicting suffix), set the hard state, and apply committed entries.
+
+        must_sync: whether the transaction must be durable before this returns; by
+        default when there are entries or a hard state. A caller that knows only the
+        commit index changed passes False (as etcd's MustSync): a lost commit index is
+        learnt again from the leader, and a lost apply is redone from the log.
 
         Committed entries are already durable in the log (an earlier Ready, or this
         one), so applying them in the same transaction costs no extra fsync and can
@@ -305,9 +311,11 @@ class Store:
             self._append_in(txn, entries, hard_state)
             return self._apply_in(txn, apply_items) if apply_items else []
 
-        # Only the log and hard state must survive a power cut; applied state is
-        # rebuilt from the log, so an apply-only Ready skips the meta-page flush.
-        return self._env.write(run, durable=bool(entries) or hard_state is not None)
+        # Only the log, term and vote must survive a power cut; applied state is rebuilt
+        # from the log, so an apply-only Ready skips the meta-page flush.
+        if must_sync is None:
+            must_sync = bool(entries) or hard_state is not None
+        return self._env.write(run, durable=must_sync)
 
     def log_get(self, lo: int, hi: int, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
         """Entries with lo <= index < hi. With max_bytes, stop once the blobs reach it
