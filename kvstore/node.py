@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,8 @@ class Node(WritePath):
         self._wake = asyncio.Event()
         self._leader_known = asyncio.Event()
         self._waiters: dict[int, tuple[int, asyncio.Future[tuple[sm.Result, int]]]] = {}
-        self._expiry: list[tuple[float, int, float]] = []
+        self._expiry: deque[tuple[float, int, float]] = deque()
+        self._expiry_odd: list[tuple[float, int, float]] = []
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
@@ -267,7 +269,7 @@ class Node(WritePath):
             await asyncio.sleep(max(0.0, delay))
             self.core.tick()
             self.reads.on_tick()
-            if self._expiry:
+            if self._expiry or self._expiry_odd:
                 self._expire_waiters(loop.time())
             self._wake.set()
 
@@ -314,8 +316,8 @@ class Node(WritePath):
                               e.index, e.term, err)
             items.append((e, cmd))
         keys = {k for _, c in items if c is not None for k in sm.keys_of(c)}
-        for k in keys:  # no reader may see an old value once LMDB has the new one
-            self.cache.delete(k)
+        if keys:  # no reader may see an old value once LMDB has the new one
+            self.cache.delete_many(keys)
         hs = rd.hard_state
         msgs = rd.messages
         if msgs and (hs is None or (hs.term, hs.vote) == self._synced_vote):
@@ -427,9 +429,8 @@ class Node(WritePath):
         for out in outs:
             if out is not _SKIPPED:
                 latest.update(out[1])
-        for k, v in latest.items():
-            if v is not None:
-                self.cache.put(k, v)
+        if latest:
+            self.cache.put_many([(k, v) for k, v in latest.items() if v is not None])
         self.applied = max(self.applied, items[-1][0].index)
         for (e, _), (res, _) in zip(items, outs, strict=True):
             if e.type == EntryType.CONF_CHANGE:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -40,7 +41,8 @@ class WritePath:
     forwarder: Forwarder
     timeout: float
     _waiters: dict[int, tuple[int, asyncio.Future[tuple[sm.Result, int]]]]
-    _expiry: list[tuple[float, int, float]]  # a heap of (deadline, index, timeout) of _waiters
+    _expiry: deque[tuple[float, int, float]]  # (deadline, index, timeout) of _waiters, in order
+    _expiry_odd: list[tuple[float, int, float]]  # the same for other timeouts: a heap
     _wake: asyncio.Event
     _leader_known: asyncio.Event
     _leader_stubs: dict[str, tuple[grpc.aio.Channel, pbg.RaftStub]]
@@ -81,18 +83,25 @@ class WritePath:
         fut: asyncio.Future[tuple[sm.Result, int]] = loop.create_future()
         self._waiters[idx] = (self.core.term, fut)
         t = timeout or self.timeout
-        heapq.heappush(self._expiry, (loop.time() + t, idx, t))
+        if t == self.timeout:  # deadlines in order: a queue will do
+            self._expiry.append((loop.time() + t, idx, t))
+        else:
+            heapq.heappush(self._expiry_odd, (loop.time() + t, idx, t))
         self._wake.set()
         return fut
 
     def _expire_waiters(self, now: float) -> None:
         """Fail the proposals whose time ran out (called on every tick)."""
-        h = self._expiry
+        q, h = self._expiry, self._expiry_odd
+        while q and q[0][0] <= now:
+            self._expire(*q.popleft())
         while h and h[0][0] <= now:
-            _, idx, t = heapq.heappop(h)
-            w = self._waiters.pop(idx, None)
-            if w is not None and not w[1].done():
-                w[1].set_exception(Unknown(f"write at index {idx} not committed within {t:.1f}s"))
+            self._expire(*heapq.heappop(h))
+
+    def _expire(self, _: float, idx: int, t: float) -> None:
+        w = self._waiters.pop(idx, None)
+        if w is not None and not w[1].done():
+            w[1].set_exception(Unknown(f"write at index {idx} not committed within {t:.1f}s"))
 
     async def propose_as_leader(self, cmd: sm.Command | ConfChange,
                                 timeout: float | None = None) -> tuple[sm.Result, int]:
