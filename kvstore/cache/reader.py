@@ -72,9 +72,14 @@ def make_reader(
         nonlocal hits, misses, torn
         base = idx0 + (h & home_mask)
         for _ in range(READ_RETRIES):
+            hashes = window(mm, base)
+            if h not in hashes:
+                # No slot of the window has the key's hash: a miss (a slot being written
+                # with it right now is a write in flight, which a miss may precede).
+                break
             unstable = False
             off = base
-            for hh in window(mm, base):
+            for hh in hashes:
                 if hh == h:
                     stripe = stripe0 + (((off - idx0) >> L.SLOT_SHIFT) & stripe_mask)
                     version = words[stripe]
@@ -98,32 +103,43 @@ def make_reader(
         misses += 1
         return None
 
+    # Both look at the home slot's key hash first (one 8-byte load): when it is another
+    # key's, a miss costs one unpack of the window's hashes and no key comparison.
+
     def table_get(key: L.Buffer) -> bytes | None:
-        nonlocal hits
+        nonlocal hits, misses
         h = x3(key)
         off = idx0 + (h & home_mask)
-        seq, d, k, v = read(mm, off)
-        if mm[d:k] == key and key:  # `and key`: an empty slot matches the empty key
-            val = mm[k:v]
-            if words[off >> 3] == seq and not seq & 1:
-                hits += 1
-                return val
+        if words[(off >> 3) + 3] == h:
+            seq, d, k, v = read(mm, off)
+            if mm[d:k] == key and key:  # `and key`: an empty slot matches the empty key
+                val = mm[k:v]
+                if words[off >> 3] == seq and not seq & 1:
+                    hits += 1
+                    return val
+        elif h not in window(mm, off):
+            misses += 1
+            return None
         return slow(key, h)
 
     def table_get_memo(key: L.Buffer) -> bytes | None:
-        nonlocal hits
+        nonlocal hits, misses
         h = x3(key)
         off = idx0 + (h & home_mask)
-        stripe = stripe0 + ((h >> L.SLOT_SHIFT) & stripe_mask)
-        version = words[stripe]
-        seq, d, k, v = read(mm, off)
-        if mm[d:k] == key and key:
-            val = mm[k:v]
-            if words[off >> 3] == seq and not seq & 1:
-                hits += 1
-                if not version & 1 and words[stripe] == version:
-                    remember(key, stripe, version, val)
-                return val
+        if words[(off >> 3) + 3] == h:
+            stripe = stripe0 + ((h >> L.SLOT_SHIFT) & stripe_mask)
+            version = words[stripe]
+            seq, d, k, v = read(mm, off)
+            if mm[d:k] == key and key:
+                val = mm[k:v]
+                if words[off >> 3] == seq and not seq & 1:
+                    hits += 1
+                    if not version & 1 and words[stripe] == version:
+                        remember(key, stripe, version, val)
+                    return val
+        elif h not in window(mm, off):
+            misses += 1
+            return None
         return slow(key, h)
 
     def checked_get(key: L.Buffer) -> bytes | None:
