@@ -48,6 +48,9 @@ class ServerView(Protocol):
 
 Formatter = Callable[[statemachine.Result, int], bytes]
 Handler = Callable[[Session, list[bytes]], Any]
+# (args, proto) -> the reply, or None: "not this one, take the general path" (which
+# then produces the error reply, if any). For the commonest requests only; see fast.py.
+FastHandler = Callable[[list[bytes], int], "bytes | None"]
 
 
 @dataclass(frozen=True, slots=True)

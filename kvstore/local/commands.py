@@ -26,6 +26,7 @@ from kvstore.local.cmdbase import (
     _int,
     _text,
 )
+from kvstore.local.fast import FastPath
 from kvstore.local.glob import compile_glob, literal_prefix
 from kvstore.local.introspect import Introspection
 from kvstore.local.resp import Limits
@@ -76,6 +77,8 @@ class Commands(Introspection):
         if internal:
             reg("KVS.WRITE", WRITE, 2, self.forwarded_write, w)
             reg("KVS.BARRIER", READ, 1, self.barrier, r)
+        # The commonest commands again, for the hot path (see fast.py).
+        self.fast = FastPath(backend, limits)
 
     def _register(
         self,

@@ -59,8 +59,14 @@ class SingleNodeBackend:
     """`Backend` over one `Store` (and optionally one `ShmCache`), in the node's process.
 
     `fill_cache`: reads that miss the cache put what they found into it (safe here,
-    because this process is the only writer: a key with a write in flight is skipped).
+    because this process is the only writer: a key with a write in flight is skipped),
+    once a key has missed twice within the last `DOOR` misses or so (a doorkeeper, as
+    in TinyLFU). Filling costs far more than a read (the writer lock, evicting older
+    entries); when the keys read do not fit the cache, filling on every miss would only
+    churn it, while a key read again soon still gets in on its second miss.
     """
+
+    DOOR = 1 << 14
 
     # A write is answered only once it is in LMDB and the cache, and there is nobody to
     # ask for a read index: local state is always linearizable. Worker processes use this
@@ -86,6 +92,13 @@ class SingleNodeBackend:
         self.cache_name = cache_name
         self.store_path = store_path
         self.fill_cache = fill_cache and cache is not None
+        # For the RESP server's fast path (see kvstore/local/fast.py): the cache alone,
+        # and the store for the keys it missed, in one read transaction.
+        self.cache_get: Callable[[bytes], bytes | None] | None = cache.get if cache is not None else None
+        self._get_many: Callable[[Sequence[bytes]], list[bytes | None]] = getattr(
+            store, "get_many", lambda keys: [store.get(k) for k in keys]
+        )
+        self._door: set[bytes] = set()  # keys that missed recently
         self.applied = store.applied_index()
         self._pending: list[tuple[Command, asyncio.Future[Result]]] = []
         self._inflight: dict[bytes, int] = {}
@@ -155,12 +168,42 @@ class SingleNodeBackend:
             if v is not None:
                 return v
         v = self.store.get(key)
-        if v is not None and self.fill_cache and key not in self._inflight:
+        if v is not None and self.fill_cache:
+            self._admit([key], [v])
+        return v
+
+    def get_uncached(self, keys: list[bytes]) -> list[bytes | None]:
+        """The store's values of keys that missed the cache, in one read transaction."""
+        values = self._get_many(keys)
+        if self.fill_cache:
+            self._admit(keys, values)
+        return values
+
+    def _admit(self, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
+        """Cache the values read of keys that missed recently already (the doorkeeper)."""
+        door = self._door
+        seen = door.intersection(keys)  # set operations: C loops, a miss costs little
+        if len(door) >= self.DOOR:
+            door.clear()
+        door.update(keys)
+        if not seen:
+            return
+        inflight = self._inflight
+        admitted = [
+            (k, v)
+            for k, v in zip(keys, values, strict=True)
+            if k in seen and v is not None and k not in inflight
+        ]
+        if admitted:
             try:
-                cache.put(key, v)  # type: ignore[union-attr]
+                put_many = getattr(self.cache, "put_many", None)
+                if put_many is not None:
+                    put_many(admitted)
+                else:
+                    for k, v in admitted:
+                        self.cache.put(k, v)  # type: ignore[union-attr]
             except Exception:  # a value the cache will not take is simply not cached
                 pass
-        return v
 
     def scan(self, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         return self.store.scan(start=start, limit=limit)

@@ -36,6 +36,10 @@ class MemoryStore:
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        with self.lock:
+            return [self.data.get(k) for k in keys]
+
     def scan(
         self,
         prefix: bytes = b"",

@@ -67,6 +67,10 @@ class ForwardingBackend:
         self.barrier_free = barrier_free
         self.node = AsyncClient(internal_path, timeout=timeout, retry=RetryPolicy(retries=0))
         self._info: dict[str, dict[str, Any]] = {}
+        # For the RESP server's fast path (kvstore/local/fast.py): the cache alone, and
+        # the store for the keys it missed, in one read transaction.
+        self.cache_get = cache.get if cache is not None else None
+        self.get_uncached = store.get_many
 
     async def write(self, cmd: Command) -> Result:
         reply = await self.node.execute(b"KVS.WRITE", statemachine.encode(cmd))

@@ -1,0 +1,135 @@
+"""Fast handlers: the commonest requests answered with no dispatch around them.
+
+A fast handler takes the request and the session's protocol and returns the encoded
+reply, or None for anything unusual (wrong arity, a key over the limits): the
+connection then runs that request, and everything after it, the general way, which
+produces the same reply or error as ever. So a fast handler only has to be right for
+the requests it accepts; it never has to reproduce an error message.
+
+`reads` handlers read local state: the connection uses them only where a read may run
+right away (READONLY, or a backend whose local state is always current). `sync`
+handlers touch no state.
+
+Reads of a backend that has `cache_get` and `get_uncached` (see backend.py) look in the
+shared-memory cache first and leave their cache misses for one `get_uncached` call per
+batch of requests (one LMDB read transaction for a whole pipeline): a GET that missed
+puts an empty placeholder in the batch's replies, and `resolve` fills it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kvstore.local.cmdbase import FastHandler
+from kvstore.local.resp import NULL3, PONG, QUEUED_NULL2, Limits
+
+PENDING = b""  # the placeholder reply of a GET that missed the cache (no reply is empty)
+# Cache misses read per store transaction, at most. Also bounds the reply bytes a batch
+# gathers before it knows their size (a value is at most Limits.max_value, and values
+# over the cache's max_value always miss): the connection takes this path only while
+# its client reads (its write buffer is under the high-water mark), and stops at
+# _FLUSH_AT bytes of known replies.
+MAX_PENDING = 16
+
+
+class FastPath:
+    """The fast handlers of one server (see the module docstring)."""
+
+    def __init__(self, backend: Any, limits: Limits) -> None:
+        max_key = limits.max_key
+        max_reply = limits.max_reply
+        backend_get: Callable[[bytes], bytes | None] = backend.get
+        uncached: Callable[[list[bytes]], list[bytes | None]] | None = getattr(backend, "get_uncached", None)
+        cache_get: Callable[[bytes], bytes | None] | None = getattr(backend, "cache_get", None)
+        self.get_uncached = uncached
+        self.pending: list[bytes] = []  # keys of this batch's GETs that missed the cache
+        pending = self.pending
+
+        def ping(a: list[bytes], proto: int) -> bytes | None:
+            return PONG if len(a) == 1 else None
+
+        def get_each(a: list[bytes], proto: int) -> bytes | None:  # backend.get per GET
+            if len(a) != 2:
+                return None
+            k = a[1]
+            if not 0 < len(k) <= max_key:
+                return None
+            v = backend_get(k)
+            if v is None:
+                return NULL3 if proto == 3 else QUEUED_NULL2
+            return b"$%d\r\n%s\r\n" % (len(v), v)
+
+        def get_cached(a: list[bytes], proto: int) -> bytes | None:  # the cache, misses batched
+            if len(a) != 2:
+                return None
+            k = a[1]
+            if not 0 < len(k) <= max_key:
+                return None
+            v = cache_get(k)  # type: ignore[misc]
+            if v is None:
+                pending.append(k)
+                return PENDING
+            return b"$%d\r\n%s\r\n" % (len(v), v)
+
+        def get_batched(a: list[bytes], proto: int) -> bytes | None:  # no cache: all batched
+            if len(a) != 2 or not 0 < len(a[1]) <= max_key:
+                return None
+            pending.append(a[1])
+            return PENDING
+
+        def mget(a: list[bytes], proto: int) -> bytes | None:
+            n = len(a)
+            if n < 2:
+                return None
+            keys = a[1:]
+            for k in keys:
+                if not 0 < len(k) <= max_key:
+                    return None
+            if uncached is None:
+                values = [backend_get(k) for k in keys]
+            elif cache_get is None:
+                values = uncached(keys)
+            else:
+                values = [cache_get(k) for k in keys]
+                missed = [k for k, v in zip(keys, values, strict=True) if v is None]
+                if missed:
+                    found = iter(uncached(missed))
+                    values = [next(found) if v is None else v for v in values]
+            if sum(len(v) for v in values if v is not None) > max_reply:
+                return None
+            nil = NULL3 if proto == 3 else QUEUED_NULL2
+            return b"*%d\r\n" % (n - 1) + b"".join(
+                [nil if v is None else b"$%d\r\n%s\r\n" % (len(v), v) for v in values]
+            )
+
+        get = get_each if uncached is None else get_batched if cache_get is None else get_cached
+        self.sync: dict[bytes, FastHandler] = {}
+        self.reads: dict[bytes, FastHandler] = {}
+        for name, fn, local in (("PING", ping, False), ("GET", get, True), ("MGET", mget, True)):
+            for key in (name.encode(), name.lower().encode()):
+                self.reads[key] = fn
+                if not local:
+                    self.sync[key] = fn
+
+    def resolve(self, out: list[bytes], proto: int, start: int = 0) -> int:
+        """Fill in the placeholders in out[start:] from one get_uncached call for the
+        pending keys; return the bytes added, or -1 if the read failed (placeholders
+        left as they are: the connection runs those requests the general way, which
+        answers the error)."""
+        keys = self.pending
+        try:
+            values = self.get_uncached(keys)  # type: ignore[misc]
+        except Exception:
+            return -1
+        finally:
+            keys.clear()
+        nil = NULL3 if proto == 3 else QUEUED_NULL2
+        added = 0
+        it = iter(values)
+        for i in range(start, len(out)):
+            if not out[i]:
+                v = next(it)
+                r = out[i] = nil if v is None else b"$%d\r\n%s\r\n" % (len(v), v)
+                added += len(r)
+        return added
