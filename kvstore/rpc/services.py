@@ -84,11 +84,18 @@ class RaftService(pbg.RaftServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty command")
                 raise AssertionError
             cmds.append(cmd)
-        # Propose all of them now, in order (propose_as_leader proposes before its first await).
-        tasks = [asyncio.ensure_future(self.node.propose_as_leader(c)) for c in cmds]
-        results = []
-        for t in tasks:
+        # Propose all of them now, in order; then wait for each.
+        futs: list[asyncio.Future[tuple[sm.Result, int]] | Exception] = []
+        for c in cmds:
             try:
+                futs.append(self.node.propose_future(c))
+            except Exception as e:
+                futs.append(e)
+        results = []
+        for t in futs:
+            try:
+                if isinstance(t, Exception):
+                    raise t
                 res, index = await t
                 results.append(pb.ProposeResult(status=pb.ProposeResult.APPLIED, result=sm.encode_result(res),
                                                 index=index))
