@@ -8,8 +8,10 @@ window count. The servers' CPU is read from /proc for the same window.
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +59,8 @@ def steps(opts: ClusterOptions) -> int:
         if t.unavailable() is None:
             npat = {"kvstore": 6, "redis": 2, "redis-aof": 1, "etcd": 3}.get(t.name, 1)
             n += 2 + npat * len(opts.clients)
+            if PIPELINE_CONNS in opts.clients and t.name != "etcd":
+                n += 1
     return n
 
 
@@ -107,15 +111,61 @@ def _cell(pool: Pool, t: Target, p: Pattern, clients: int, opts: ClusterOptions,
     }
 
 
+PIPELINE = 16  # requests in flight per connection in the pipelined SET cell
+PIPELINE_CONNS = 64
+
+
+def _redis_benchmark(sock: str, n: int, nkeys: int, conns: int) -> tuple[dict[str, float], float]:
+    """One `redis-benchmark -P 16` SET run: (its CSV row, wall seconds)."""
+    args = ["redis-benchmark", "-s", sock, "-t", "set", "-n", str(n), "-d", "100", "-r", str(nkeys),
+            "-c", str(conns), "-P", str(PIPELINE), "--csv"]
+    t0 = time.monotonic()
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - t0
+    rows = list(csv.reader(line for line in out.stdout.splitlines() if line.strip()))
+    if out.returncode != 0 or len(rows) < 2:
+        raise BenchError(f"redis-benchmark failed ({out.returncode}): {(out.stderr or out.stdout).strip()[-300:]}")
+    return {k: float(v) for k, v in zip(rows[0][1:], rows[-1][1:], strict=False)}, took
+
+
+def _pipelined_cell(t: Target, opts: ClusterOptions) -> dict[str, Any] | None:
+    """SETs pipelined 16 deep on 64 connections by redis-benchmark (when installed), sized
+    to last about --duration; for kvstore, every SET is checked against the applied index."""
+    sock = t.pipeline_socket()
+    if sock is None or shutil.which("redis-benchmark") is None:
+        return None
+    conns = PIPELINE_CONNS
+    probe, took = _redis_benchmark(sock, conns * PIPELINE * 4, opts.nkeys, conns)
+    n = max(conns * PIPELINE * 4, int(probe["rps"] * opts.duration))
+    before = t.writes_applied()
+    row, took = _redis_benchmark(sock, n, opts.nkeys, conns)
+    after = t.writes_applied()
+    ok = n if before is None or after is None else min(n, after - before)
+    nan = float("nan")
+    return {
+        "target": t.name, "api": "RESP", "op": "set_pipelined",
+        "pattern": f"SET pipelined (redis-benchmark -P {PIPELINE}, {conns} conns)", "clients": conns,
+        "duration_s": took, "ok": ok, "errors": n - ok, "wrong": 0,
+        "error_sample": None if ok == n else f"{n - ok} of {n} SETs did not take effect",
+        "ops_per_s": row["rps"] * ok / n,
+        "latency": {"samples": n, "mean_us": row.get("avg_latency_ms", nan) * 1000,
+                    "p50_us": row.get("p50_latency_ms", nan) * 1000, "p99_us": row.get("p99_latency_ms", nan) * 1000,
+                    "p999_us": nan, "max_us": row.get("max_latency_ms", nan) * 1000},
+        "client_cpu_us_per_req": None, "server_cpu_us_per_req": None,
+    }
+
+
 # (our pattern, peer target, peer pattern): the comparisons worth a ratio
 PAIRS = [
     (("RESP", "get"), "redis", ("RESP", "get")),
     (("RESP", "get_local"), "redis", ("RESP", "get")),
     (("RESP", "set"), "redis", ("RESP", "set")),
     (("RESP", "set"), "redis-aof", ("RESP", "set")),
+    (("RESP", "set_pipelined"), "redis-aof", ("RESP", "set_pipelined")),
     (("gRPC", "get"), "etcd", ("gRPC", "get")),
     (("gRPC", "get_local"), "etcd", ("gRPC", "get_local")),
     (("gRPC", "set"), "etcd", ("gRPC", "set")),
+    (("RESP", "set"), "etcd", ("gRPC", "set")),  # replicated, durable writes either way
 ]
 
 
@@ -160,6 +210,11 @@ def run_cluster(opts: ClusterOptions, progress: Progress = lambda s: None) -> di
                     for c in opts.clients:
                         progress(f"{t.name}: {p.api} {p.label}, {c} client{'s' if c > 1 else ''}")
                         results.append(_cell(pool, t, p, c, opts, ti * 1000 + pi * 10 + c))
+                if PIPELINE_CONNS in opts.clients:
+                    progress(f"{t.name}: pipelined SET (redis-benchmark)")
+                    cell = _pipelined_cell(t, opts)
+                    if cell is not None:
+                        results.append(cell)
             except (BenchError, KVError, OSError) as e:
                 tinfo[t.name]["error"] = f"{type(e).__name__}: {e}"
                 pool.close()

@@ -55,6 +55,14 @@ class Target:
         """A spec whose "set" writes the keys the reads will find."""
         return self.patterns()[-1].spec
 
+    def pipeline_socket(self) -> str | None:
+        """A UNIX socket for redis-benchmark's pipelined SETs, if this target speaks RESP."""
+        return None
+
+    def writes_applied(self) -> int | None:
+        """A counter of writes that took effect (to check a pipelined run), if known."""
+        return None
+
 
 def _wait(what: str, check: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
@@ -135,6 +143,22 @@ class Ours(Target):
     def preload_spec(self) -> dict[str, Any]:
         return {"kind": "resp", "endpoints": self.sockets, "op": "set"}
 
+    def pipeline_socket(self) -> str | None:
+        """The leader's socket: pipelined writes there need no forwarding."""
+        from kvstore.cluster import manage
+
+        assert self.dir is not None
+        st = manage.status(self.dir)
+        return next((n["socket"] for n in st["nodes"] if n["name"] == st["leader"]), None)
+
+    def writes_applied(self) -> int:
+        """The leader's applied index: how many writes really took effect."""
+        from kvstore.cluster import manage
+
+        assert self.dir is not None
+        st = manage.status(self.dir)
+        return max(int(n.get("applied_index") or 0) for n in st["nodes"])
+
 
 class Redis(Target):
     def __init__(self, durable: bool) -> None:
@@ -174,6 +198,9 @@ class Redis(Target):
 
     def pids(self) -> list[int]:
         return [self.proc.pid] if self.proc else []
+
+    def pipeline_socket(self) -> str | None:
+        return self.sock
 
     def patterns(self) -> list[Pattern]:
         spec = {"kind": "resp", "endpoints": [self.sock]}
