@@ -4,6 +4,8 @@ the doorkeeper that decides which store reads go into the cache."""
 
 from __future__ import annotations
 
+import random
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -12,7 +14,10 @@ import hiredis
 import pytest
 
 from kvstore.errors import StorageError
+from kvstore.local import framing
 from kvstore.local.fast import MAX_PENDING
+from kvstore.local.framing import FrameError, RequestParser
+from kvstore.local.resp import Limits
 from kvstore.local.single import SingleNodeBackend
 from kvstore.local.testing import DictCache, FlakyBackend, MemoryStore, ServerThread
 from kvstore.statemachine import Set
@@ -239,3 +244,37 @@ def test_doorkeeper_is_bounded() -> None:
         b.get_uncached(keys[i : i + 100])
         assert len(b._door) <= b.DOOR + 100
     assert not cache.data  # every key missed once: nothing cached
+
+
+def test_one_get_recogniser_agrees_with_hiredis() -> None:
+    """framing._ONE_GET takes a read that is exactly one GET; anything else, hiredis."""
+
+    def parse(data: bytes, recognise: bool) -> tuple[list[Any], str | None, int]:
+        saved = framing._ONE_GET
+        if not recognise:
+            framing._ONE_GET = re.compile(rb"(?!)")
+        try:
+            p, got, err = RequestParser(Limits()), [], None
+            try:
+                p.feed(data, got)
+            except FrameError as e:
+                err = str(e)
+            return got, err, p.carry
+        finally:
+            framing._ONE_GET = saved
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        name = rng.choice([b"GET", b"get", b"Get", b"SET"])
+        key = bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 9, 10, 99, 100, 511, 999, 1000])))
+        data = pack(name, key)
+        data = rng.choice(
+            [
+                data,
+                data + pack(b"PING"),  # more than one request
+                data[:-1],  # cut short
+                data[:-2] + b"xx",  # no CRLF after the key
+                data.replace(b"$%d\r\n" % len(key), b"$0%d\r\n" % len(key), 1),  # leading zero
+            ]
+        )
+        assert parse(data, True) == parse(data, False), data

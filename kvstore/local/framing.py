@@ -20,6 +20,12 @@ from kvstore.local.resp import CRLF, Limits
 
 # An array header of 1,000,000 elements or more (8 MB for hiredis to allocate at once).
 _SUSPECT = re.compile(rb"\*[1-9][0-9]{6}")
+# A read holding exactly one `GET key` and nothing else: what a client that waits for
+# each reply sends, the commonest request of all. One match recognises it, where hiredis
+# and the checks around it cost about three times as much (~1 µs a request here, near a
+# tenth of the node's CPU per unpipelined GET). Canonical encoding only (no leading
+# zero in the length): anything else goes to hiredis as before.
+_ONE_GET = re.compile(rb"\*2\r\n\$3\r\n(GET|get)\r\n\$([1-9][0-9]{0,2})\r\n")
 
 
 class RequestParser:
@@ -34,6 +40,12 @@ class RequestParser:
     def feed(self, data: bytes, frames: list[Any]) -> None:
         """Append the complete requests in `data` to `frames`; FrameError after the last
         good one if the bytes break the protocol or a limit."""
+        if not self.carry and (m := _ONE_GET.match(data)) is not None:
+            key_at = m.end()
+            end = key_at + int(m[2])
+            if end + 2 == len(data) and data.endswith(CRLF):
+                frames.append([m[1], data[key_at:end]])
+                return
         reader = self.reader
         start = resolved = 0
         if self.carry:
