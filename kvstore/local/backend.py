@@ -3,6 +3,17 @@
 The server only parses requests and formats replies; everything that touches state goes
 through a `Backend`. A single node without replication, the Raft node, and a worker
 process that forwards to its node all implement this one protocol.
+
+Optional, for the server's hot path (kvstore/local/fast.py), where `get` alone would cost
+one LMDB transaction per cache miss:
+
+- `cache_get(key) -> bytes | None`: the shared-memory cache alone (None: a miss), or the
+  attribute None when there is no cache;
+- `get_uncached(keys) -> list[bytes | None]`: local state for keys the cache missed, all
+  in one read transaction.
+
+Together they must answer what `get` would. SingleNodeBackend and the workers'
+ForwardingBackend have them; a backend without them is read with `get`.
 """
 
 from __future__ import annotations
