@@ -14,11 +14,12 @@ and no data; data chunks carry (u32 key length, key, u32 value length, value) re
 cut only between records; the last carries the xxh3-128 checksum of all data bytes.
 
 Resume. Each stream of bytes a sender produces has a random 64-bit id, and the sender
-keeps its read view (`Outgoing`) after a break, so that a retry to that peer continues
-the same bytes: until the peer has it, a newer snapshot point is needed (S > X), the
-map grows (the view dies: start over), MAX_REFUSALS refusals, or RETAIN_S idle. The view
-is an open LMDB read txn, which pins the pages it sees: while it lives, writes cannot
-reuse freed pages and the file grows by what is written meanwhile; RETAIN_S bounds it.
+keeps its read view (`Outgoing`, one per peer) after a break, so that a retry to that
+peer continues the same bytes: until the peer has it, a newer snapshot point is needed
+(S > X), the map grows (the view dies: start over), MAX_REFUSALS refusals, or RETAIN_S
+pass without a byte sent (retries to a peer that is down do not count). The view is an
+open LMDB read txn, which pins the pages it sees: while it lives, writes cannot reuse
+freed pages and the file grows by what is written meanwhile; RETAIN_S bounds that.
 The receiver keeps the bytes of a broken stream in DIR/<node>/snapshot.incoming with a
 sidecar, snapshot.incoming.json (id, sender, term, meta, X, and the length known to be
 on disk: it is written only after an fsync). A restarted receiver truncates the file to
@@ -38,6 +39,7 @@ import os
 import secrets
 import struct
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvstore.snapshots")
 CHUNK = 1 << 20
 SYNC_EVERY = 4 << 20  # the receiver fsyncs and records its length this often
-RETAIN_S = 45.0  # a sender keeps an interrupted stream's read view this long idle
+RETAIN_S = 45.0  # a sender keeps a stream's read view this long after its last byte went out
 MAX_REFUSALS = 3  # refusals of one stream (bad checksum...) before a sender starts over with a new one
 KEEP_S = 120.0  # a receiver deletes kept bytes nobody resumed after this long
 QUERY_TIMEOUT_S = 10.0
@@ -87,6 +89,8 @@ class Outgoing:
         self.refusals = 0
         self.failed: Exception | None = None  # the view failed (the map grew): start over
         self.idle: asyncio.TimerHandle | None = None
+        # Retries to a peer that is down do not extend the view's life: only bytes sent do.
+        self.progress = time.monotonic()
 
     def close(self) -> None:
         if self.idle is not None:
@@ -131,9 +135,11 @@ def _after_attempt(node: Node, out: Outgoing, done: bool) -> None:
         if table.get(out.dst) is out:
             del table[out.dst]
             out.close()
-            log.info("%s: dropped snapshot %016x for %s after %.0f s idle", node.name, out.id, out.dst, RETAIN_S)
+            log.info("%s: dropped snapshot %016x for %s: nothing sent for %.0f s", node.name, out.id, out.dst,
+                     RETAIN_S)
 
-    out.idle = asyncio.get_running_loop().call_later(RETAIN_S, expire)
+    left = out.progress + RETAIN_S - time.monotonic()
+    out.idle = asyncio.get_running_loop().call_later(max(left, 0.0), expire)
 
 
 def _head(node: Node, m: Message, out: Outgoing, offset: int, query: bool = False) -> pb.SnapshotChunk:
@@ -164,6 +170,7 @@ async def _stream(node: Node, m: Message, out: Outgoing, start: int) -> AsyncIte
                 buf.clear()
                 out.marks[offset] = (k, h.copy())
                 out.streamed = max(out.streamed, offset)
+                out.progress = time.monotonic()
                 yield chunk
                 if delay:
                     await asyncio.sleep(delay)

@@ -229,3 +229,36 @@ def test_a_newer_stream_preempts_a_stalled_one(nodes: tuple[FakeNode, FakeNode],
 
 def with_term(m: Message, term: int) -> Message:
     return Message(m.type, src=m.src, dst=m.dst, term=term, snapshot=m.snapshot)
+
+
+def test_the_sender_keeps_one_view_per_peer_while_bytes_flow(nodes: tuple[FakeNode, FakeNode],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    src: Any = nodes[0]
+    monkeypatch.setattr(snapshots, "RETAIN_S", 0.3)
+    m = snap_msg()
+
+    async def scenario() -> None:
+        out, kept = snapshots._take(src, m)
+        assert not kept
+        snapshots._after_attempt(src, out, done=False)  # the stream broke
+        again, kept = snapshots._take(src, m)
+        assert kept and again is out
+        # retries that send nothing do not keep the view alive
+        for _ in range(4):
+            snapshots._after_attempt(src, out, done=False)
+            await asyncio.sleep(0.1)
+            if snapshots._outgoing[src].get("n2") is not out:
+                break
+            snapshots._take(src, m)
+        assert snapshots._outgoing[src].get("n2") is None
+        # a newer snapshot point than the view's data: a new stream
+        out, _ = snapshots._take(src, m)
+        newer = Message(m.type, src=m.src, dst=m.dst, term=m.term,
+                        snapshot=SnapshotMeta(out.view.index + 1, 2, ConfState(voters=("n1", "n2"))))
+        snapshots._after_attempt(src, out, done=False)
+        other, kept = snapshots._take(src, newer)
+        assert not kept and other is not out and other.id != out.id
+        snapshots._after_attempt(src, other, done=True)  # the peer has it
+        assert snapshots._outgoing[src] == {}
+
+    run(scenario())
