@@ -17,7 +17,7 @@ from kvstore.metrics import NodeMetrics
 from kvstore.raft import ConfState, Message, MsgType, SnapshotMeta
 from kvstore.rpc.pb import raft_pb2 as pb
 from kvstore.snapshots import Outgoing, Partial, Receiver
-from kvstore.storage import Store
+from kvstore.storage import SnapshotInterrupted, Store
 
 
 class FakeNode:
@@ -262,3 +262,33 @@ def test_the_sender_keeps_one_view_per_peer_while_bytes_flow(nodes: tuple[FakeNo
         assert snapshots._outgoing[src] == {}
 
     run(scenario())
+
+
+def test_a_view_killed_by_map_growth_starts_over(nodes: tuple[FakeNode, FakeNode], small_chunks: None) -> None:
+    src: Any = nodes[0]
+    dst = nodes[1]
+    m = snap_msg()
+
+    async def remap_after(it: AsyncIterator[pb.SnapshotChunk], chunks: int) -> AsyncIterator[pb.SnapshotChunk]:
+        n = -1
+        async for ch in it:
+            yield ch
+            n += 1
+            if n == chunks:
+                src.store._env._adopt_map_size()  # what a growing map does to open read views
+
+    async def scenario() -> None:
+        rx = Receiver(dst)
+        out, _ = snapshots._take(src, m)
+        ack = await rx.install(remap_after(snapshots._stream(src, m, out, 0), 2))
+        assert not ack.ok and "ended early" in ack.error
+        assert isinstance(out.failed, SnapshotInterrupted)
+        snapshots._after_attempt(src, out, done=False)
+        again, kept = snapshots._take(src, m)
+        assert not kept and again.id != out.id
+        ack = await rx.install(snapshots._stream(src, m, again, 0))
+        assert ack.ok, ack.error
+        snapshots._after_attempt(src, again, done=True)
+
+    run(scenario())
+    assert data(dst.store) == data(src.store)
