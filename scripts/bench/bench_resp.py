@@ -4,7 +4,9 @@
 For each target (our node with 0..N worker processes; redis-server from the distro,
 started here on a tmp UNIX socket with no persistence):
 
-- `redis-benchmark -s SOCK -t get,set -c 50 -n N -q --csv`, without and with `-P 16`;
+- `redis-benchmark -s SOCK -t set -c 50 -n N -q --csv`, then `-t get` (finding the key
+  SET wrote), without and with `-P 16`; with the server's CPU time per request
+  (/proc: user + system, all its processes), steadier than rates on a shared machine;
 - one redis-py client doing GETs in a loop;
 - (ours only) one `kvstore.local.Client(local=True)` doing GETs from shared memory.
 
@@ -135,17 +137,35 @@ def start_redis(d: str) -> Target:
 # -- measurements ---------------------------------------------------------------------------
 
 
-def redis_benchmark(sock: str, n: int, clients: int, pipeline: int) -> dict[str, float]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux /proc; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def server_pids(t: Target) -> list[int]:
+    """The target's process and its children (our RESP workers)."""
+    try:
+        out = subprocess.run(["pgrep", "-P", str(t.proc.pid)], capture_output=True, text=True).stdout
+    except OSError:
+        out = ""
+    return [t.proc.pid, *map(int, out.split())]
+
+
+def redis_benchmark(sock: str, test: str, n: int, clients: int, pipeline: int) -> float:
     out = subprocess.run(
-        ["redis-benchmark", "-s", sock, "-t", "get,set", "-c", str(clients), "-n", str(n), "-q", "--csv",
+        ["redis-benchmark", "-s", sock, "-t", test, "-c", str(clients), "-n", str(n), "-q", "--csv",
          "-P", str(pipeline)],
         capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
-    rps = {}
-    for line in out.stdout.splitlines()[1:]:
-        cols = [c.strip('"') for c in line.split(",")]
-        rps[cols[0]] = float(cols[1])
-    return rps
+    return float(out.stdout.splitlines()[1].split(",")[1].strip('"'))
 
 
 def redis_py_get_loop(sock: str, n: int) -> float:
@@ -176,10 +196,17 @@ def shm_get_loop(sock: str, n: int) -> float:
 
 
 def measure(t: Target, args: argparse.Namespace) -> dict[str, float]:
+    """ops/s of each test; for redis-benchmark also the server's CPU µs per request
+    (`... cpu_us`): the machine is shared, and CPU per request varies less than rates."""
     res: dict[str, float] = {}
+    pids = server_pids(t)
     for p in (1, 16):
-        for test, rps in redis_benchmark(t.sock, args.n, args.clients, p).items():
-            res[f"redis-benchmark {test} -P {p}"] = rps
+        for test in ("set", "get"):  # SET first: the GETs then find the key (as with -t get,set)
+            c0 = cpu_seconds(pids)
+            rps = redis_benchmark(t.sock, test, args.n, args.clients, p)
+            name = f"redis-benchmark {test.upper()} -P {p}"
+            res[name] = rps
+            res[name + " cpu_us"] = (cpu_seconds(pids) - c0) / args.n * 1e6
     res["redis-py GET loop (1 client)"] = redis_py_get_loop(t.sock, args.loop)
     if t.cache is not None:
         res["Client shared-memory GET loop"] = shm_get_loop(t.sock, args.loop * 5)
@@ -237,19 +264,26 @@ def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"ops/s, median of {args.runs} (ratio: ours / redis-server)")
-        table.add_column("test")
-        for n in ours:
-            table.add_column(n, justify="right")
-            table.add_column("ratio", justify="right")
-        table.add_column("redis-server", justify="right")
-        for row in rows:
-            cells = [row["test"]]
+        for title, cpu in (
+            (f"ops/s, median of {args.runs} (ratio: ours / redis-server)", False),
+            (f"server CPU µs per request, median of {args.runs} (ratio: ours / redis-server)", True),
+        ):
+            table = Table(title=title)
+            table.add_column("test")
             for n in ours:
-                cells += [_fmt(row[n]), f"{row[n + ' ratio']:.2f}" if row[n + " ratio"] else "-"]
-            cells.append(_fmt(row["redis-server"]))
-            table.add_row(*cells)
-        Console().print(table)
+                table.add_column(n, justify="right")
+                table.add_column("ratio", justify="right")
+            table.add_column("redis-server", justify="right")
+            for row in rows:
+                if row["test"].endswith(" cpu_us") != cpu:
+                    continue
+                fmt = _fmt_us if cpu else _fmt
+                cells = [row["test"].removesuffix(" cpu_us")]
+                for n in ours:
+                    cells += [fmt(row[n]), f"{row[n + ' ratio']:.2f}" if row[n + " ratio"] else "-"]
+                cells.append(fmt(row["redis-server"]))
+                table.add_row(*cells)
+            Console().print(table)
     except ImportError:
         for row in rows:
             print(row)
@@ -273,6 +307,10 @@ def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:,.0f}"
+
+
+def _fmt_us(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 if __name__ == "__main__":
