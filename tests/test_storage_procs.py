@@ -1,5 +1,6 @@
-"""Store across processes: SIGKILL durability, read-only readers while the map grows,
-a full disk (tmpfs), and stale reader slots left by killed processes.
+"""Store across processes: SIGKILL durability, read-only readers while the map grows and
+while replace_all reopens the writer's environment, a full disk (tmpfs), and stale reader
+slots left by killed processes.
 
 Children run `python -c CODE`; every child is killed at teardown, pass or fail, and
 the parent waits on their output lines with deadlines, never on sleeps.
@@ -194,6 +195,59 @@ def test_map_grows_past_initial_size_and_readers_follow(tmp_path: Path, spawn: t
         _, count, reader_map = reader.expect("ok").split()
         assert int(count) == n
         assert int(reader_map) >= st["used_bytes"]
+
+
+SCANNER = """
+    import sys, threading
+    from kvstore.storage import Store
+
+    s = Store(sys.argv[1], readonly=True)
+    n = int(sys.argv[2])
+    stop = threading.Event()
+    state = {"scans": 0, "gens": set(), "err": None}
+
+    def loop():
+        try:
+            while not stop.is_set():
+                items = s.scan()
+                gens = {v.split(b"-")[0] for _, v in items}
+                assert len(items) == n and len(gens) == 1, (len(items), sorted(gens))
+                state["gens"] |= gens
+                state["scans"] += 1
+        except BaseException as e:
+            state["err"] = repr(e)
+
+    t = threading.Thread(target=loop)
+    t.start()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    stop.set()
+    t.join()
+    print("done", state["scans"], len(state["gens"]), state["err"], flush=True)
+"""
+
+
+def test_readonly_process_reads_across_replace_all_reopens(tmp_path: Path, spawn: type[Child]) -> None:
+    """The writer's replace_all closes and reopens its environment; a read-only process
+    scanning meanwhile keeps seeing one whole generation, also when an install grows the map."""
+    path, n = tmp_path / "db", 400
+
+    def gen(g: int) -> list[tuple[bytes, bytes]]:
+        pad = b"x" * (3000 if g == 3 else 10)  # generation 3 (1.2 MB) outgrows the 1 MiB map
+        return [(b"k%04d" % i, b"g%d-%s" % (g, pad)) for i in range(n)]
+
+    with Store(path, map_size=1 << 20) as s:
+        s.replace_all(gen(0), 1)
+        reader = spawn(SCANNER, str(path), str(n))
+        reader.expect("ready")
+        for g in range(1, 7):
+            s.replace_all(gen(g), 1 + g)
+            time.sleep(0.05)  # pacing only: let the reader scan each generation
+        assert s.stats()["map_size"] > 1 << 20
+        reader.send("stop")
+        _, scans, gens, err = reader.expect("done").split(maxsplit=3)
+        assert err == "None", err
+        assert int(scans) > 0 and int(gens) > 1, (scans, gens)
 
 
 # -- full disk ------------------------------------------------------------------------

@@ -13,6 +13,10 @@ easy to get wrong and must be right for a node that runs for months:
 * Errors. A full disk shows up as ENOSPC, or, when LMDB's page write comes up short,
   as EIO; either way the user gets `StorageFull` with one clear line, and what was
   committed before stays readable (LMDB never updated its meta page).
+* Heap. LMDB mallocs a buffer for every page a write txn dirties and keeps the freed
+  single-page ones on a free list until the environment is closed (malloc_trim cannot
+  reach them): a snapshot install of 1M keys left ~120 MB of heap behind. `reopen`
+  closes and opens the environment again, under the same gate as a remap, to give it back.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ _NEARLY_FULL = 1 << 20
 
 
 class SnapshotInterrupted(StorageError):
-    """The map grew while a long read (a snapshot) was open; start the snapshot again."""
+    """The map grew, or the environment was reopened, while a long read (a snapshot) was
+    open; start the snapshot again."""
 
 
 def round_up(n: int) -> int:
@@ -133,8 +138,8 @@ class LongRead:
     """A read txn kept open across calls (snapshot streaming).
 
     It does not hold the gate between calls, so the node can keep writing (and
-    growing the map) while a snapshot is sent; a remap aborts it instead, and the
-    next `run` raises SnapshotInterrupted.
+    growing the map) while a snapshot is sent; a remap or a reopen aborts it instead,
+    and the next `run` raises SnapshotInterrupted.
     """
 
     def __init__(self, env: Env, txn: Txn) -> None:
@@ -150,7 +155,8 @@ class LongRead:
             if txn is None:
                 if self.interrupted:
                     raise SnapshotInterrupted(
-                        f"snapshot of {self._env.path} was interrupted because the map grew; start it again"
+                        f"snapshot of {self._env.path} was interrupted because the map grew or the store"
+                        " was reopened (after a snapshot install); start it again"
                     )
                 raise StorageError("snapshot read used after it was closed")
             try:
@@ -222,14 +228,7 @@ class Env:
                     size = max(size, round_up(data_file.stat().st_size))
                     if self.max_map_size:
                         size = min(size, self.max_map_size)  # LMDB raises it to the data size
-                self.env = lmdb.open(
-                    str(path), subdir=True, readonly=False, lock=True, map_size=size,
-                    max_dbs=MAX_DBS, max_readers=MAX_READERS, writemap=False,
-                    # Meta pages are flushed by an explicit env.sync() after each durable
-                    # commit (below): LMDB's own meta sync costs ~2x more here, and with
-                    # metasync off a crash can only roll back the last txn, never corrupt.
-                    sync=sync, metasync=False, map_async=False, mode=0o700,
-                )  # fmt: skip
+                self.env = self._open_writable(size)
             # Slots left by readers that died (SIGKILL, OOM) pin old pages forever
             # and make the file grow; clear them now.
             self.stale_readers_cleared = int(self.env.reader_check())
@@ -237,6 +236,17 @@ class Env:
             raise self.translate(exc, "open") from exc
         if self.stale_readers_cleared:
             log.info("storage %s: cleared %d stale reader slot(s)", path, self.stale_readers_cleared)
+
+    def _open_writable(self, map_size: int) -> lmdb.Environment:
+        """lmdb.open of the writable environment: one definition for __init__ and reopen."""
+        return lmdb.open(
+            str(self.path), subdir=True, readonly=False, lock=True, map_size=map_size,
+            max_dbs=MAX_DBS, max_readers=MAX_READERS, writemap=False,
+            # Meta pages are flushed by an explicit env.sync() after each durable
+            # commit (below): LMDB's own meta sync costs ~2x more here, and with
+            # metasync off a crash can only roll back the last txn, never corrupt.
+            sync=self.sync_on, metasync=False, map_async=False, mode=0o700,
+        )  # fmt: skip
 
     # -- errors ---------------------------------------------------------------
 
@@ -273,9 +283,12 @@ class Env:
         """Run fn in a fresh read txn; values are copied out (buffers=False)."""
         gate = self.gate
         while True:
-            self._check_open()
             gate.acquire_shared()
             try:
+                # Checked inside the gate: a close, or a reopen that failed, sets it
+                # while holding the gate exclusive.
+                if self.closed:
+                    raise StorageError(f"the store at {self.path} is closed")
                 try:
                     txn = self.env.begin(buffers=False)
                 except lmdb.MapResizedError:
@@ -295,9 +308,9 @@ class Env:
 
     def long_read(self) -> LongRead:
         while True:
-            self._check_open()
             self.gate.acquire_shared()
             try:
+                self._check_open()
                 try:
                     lr = LongRead(self, self.env.begin(buffers=False))
                 except lmdb.MapResizedError:
@@ -401,6 +414,51 @@ class Env:
                 raise self.translate(exc, "grow") from exc
         finally:
             self.gate.release_exclusive()
+
+    # -- reopening ----------------------------------------------------------------
+
+    def reopen(self, after: Callable[[], None]) -> None:
+        """Close the LMDB environment and open it again, to give its heap back.
+
+        LMDB keeps the page buffers its write txns malloc'd on a free list until the
+        environment is closed, so a txn that dirtied a large part of the map (the swap
+        of a snapshot install) leaves that much heap resident for good; closing frees
+        it. Runs under `write_lock` with the gate exclusive, as a remap: no transaction
+        of this process is open. Long reads are killed (their next use raises
+        SnapshotInterrupted). `after` runs before the gate is released, to replace
+        every handle of the old environment (the Store's db handles), so no thread
+        ever runs a txn with a stale one. If opening again (or `after`) fails, the Env
+        is closed and StorageError raised: the node must stop.
+        """
+        if self.readonly:
+            raise StorageError(f"the store at {self.path} is open read-only")
+        with self.write_lock:
+            self._check_open()
+            self.gate.acquire_exclusive()
+            try:
+                for lr in list(self.long_reads):
+                    lr.kill()
+                    lr.interrupted = True
+                self.long_reads.clear()
+                size = self.map_size()
+                self.env.close()
+                try:
+                    self.env = self._open_writable(size)
+                    cleared = int(self.env.reader_check())
+                    after()
+                except BaseException as exc:
+                    self.closed = True  # every later call says so, instead of using a dead env
+                    self.env.close()  # the new one, or the old one again (a no-op)
+                    if not isinstance(exc, Exception):
+                        raise
+                    why = self.translate(exc, "reopen") if isinstance(exc, lmdb.Error) else exc
+                    raise StorageError(
+                        f"cannot reopen the store at {self.path}, it is closed now ({why})"
+                    ) from exc
+            finally:
+                self.gate.release_exclusive()
+        if cleared:
+            log.info("storage %s: cleared %d stale reader slot(s) on reopen", self.path, cleared)
 
     def close(self) -> None:
         if self.closed:

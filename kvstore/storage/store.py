@@ -15,6 +15,10 @@ Named databases:
     staging  scratch space for replace_all; empty except during a snapshot install
 
 Every call runs in its own short transaction, so a Store may be shared by threads.
+replace_all reopens the environment (to give back LMDB's heap, see env.py), which
+replaces every db handle: code that runs in a txn looks the handles up (self._data,
+...) INSIDE the function the txn runs, never before entering it, so that it always
+gets the handles of the environment the txn belongs to.
 Worker processes open the same path with readonly=True (after fork, never a Store
 inherited from the parent); a second Store on the same path in one process is
 refused (py-lmdb: LMDB's POSIX locks are per process).
@@ -121,15 +125,19 @@ class Store:
         self.readonly = readonly
         self._env = Env(self.path, map_size=map_size, max_map_size=max_map_size, sync=sync, readonly=readonly)
         try:
-            self._data, self._log, self._sys, self._meta = (
-                self._open_db(name) for name in (b"data", b"log", b"sys", b"meta")
-            )
-            self._staging = None if readonly else self._open_db(b"staging")
+            self._open_dbs()
             if self._staging is not None:
                 self._clear_staging()  # left over by a crash during replace_all
         except BaseException:
             self._env.close()
             raise
+
+    def _open_dbs(self) -> None:
+        """(Re)open the db handles: at open, and by Env.reopen with the gate exclusive."""
+        self._data, self._log, self._sys, self._meta = (
+            self._open_db(name) for name in (b"data", b"log", b"sys", b"meta")
+        )
+        self._staging = None if self.readonly else self._open_db(b"staging")
 
     def _open_db(self, name: bytes) -> Any:
         try:
@@ -150,8 +158,8 @@ class Store:
 
     def get(self, key: bytes) -> bytes | None:
         check_key(key)
-        db = self._data
-        return self._env.read(lambda txn: txn.get(key, db=db))
+        # self._data is looked up in the txn, never before (a reopen replaces it).
+        return self._env.read(lambda txn: txn.get(key, db=self._data))
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """get() of each key, in one read transaction: one snapshot, and the cost of a
@@ -159,10 +167,9 @@ class Store:
         for key in keys:
             if not 0 < len(key) <= MAX_KEY_SIZE:
                 check_key(key)
-        db = self._data
 
         def run(txn: Txn) -> list[bytes | None]:
-            get = txn.get
+            get, db = txn.get, self._data
             return [get(key, db=db) for key in keys]
 
         return self._env.read(run)
@@ -170,13 +177,11 @@ class Store:
     def put(self, key: bytes, value: bytes) -> None:
         """Write one key outside the Raft log (tests, tools). Durable when it returns."""
         check_key(key)
-        db = self._data
-        self._env.write(lambda txn: txn.put(key, value, db=db))
+        self._env.write(lambda txn: txn.put(key, value, db=self._data))
 
     def delete(self, key: bytes) -> bool:
         check_key(key)
-        db = self._data
-        return self._env.write(lambda txn: bool(txn.delete(key, db=db)))
+        return self._env.write(lambda txn: bool(txn.delete(key, db=self._data)))
 
     def scan(
         self,
@@ -194,11 +199,10 @@ class Store:
             hi = end
         if hi is not None and lo >= hi:
             return []
-        db = self._data
 
         def run(txn: Txn) -> list[tuple[bytes, bytes]]:
             out: list[tuple[bytes, bytes]] = []
-            cur = txn.cursor(db=db)
+            cur = txn.cursor(db=self._data)
             # LMDB cannot seek to a key longer than it can store; seek to the
             # longest prefix it can and skip what sorts before `lo`.
             found = cur.set_range(lo[:MAX_KEY_SIZE]) if lo else cur.first()
@@ -217,8 +221,7 @@ class Store:
         return self._env.read(run)
 
     def count(self) -> int:
-        db = self._data
-        return self._env.read(lambda txn: int(txn.stat(db)["entries"]))
+        return self._env.read(lambda txn: int(txn.stat(self._data)["entries"]))
 
     # -- applying committed entries ----------------------------------------------
 
@@ -336,11 +339,10 @@ class Store:
         (always at least one entry, as etcd's MaxSizePerMsg)."""
         if hi <= lo:
             return []
-        logdb = self._log
 
         def run(txn: Txn) -> list[tuple[int, bytes]]:
             out: list[tuple[int, bytes]] = []
-            cur = txn.cursor(db=logdb)
+            cur = txn.cursor(db=self._log)
             if not cur.set_range(pack_index(max(lo, 0))):
                 return out
             total = 0
@@ -358,10 +360,9 @@ class Store:
 
     def log_bounds(self) -> tuple[int, int]:
         """(first, last) index in the log; (0, 0) when it is empty."""
-        logdb = self._log
 
         def run(txn: Txn) -> tuple[int, int]:
-            cur = txn.cursor(db=logdb)
+            cur = txn.cursor(db=self._log)
             if not cur.first():
                 return (0, 0)
             first = unpack_index(cur.key())
@@ -374,11 +375,10 @@ class Store:
         """Drop entries with index <= upto (they are covered by a snapshot)."""
         if upto < 1:
             return
-        logdb = self._log
         limit = pack_index(upto)
 
         def run(txn: Txn) -> None:
-            cur = txn.cursor(db=logdb)
+            cur = txn.cursor(db=self._log)
             if not cur.first():
                 return
             while cur.key() and cur.key() <= limit:
@@ -388,8 +388,7 @@ class Store:
         self._env.write(run)
 
     def hard_state(self) -> bytes | None:
-        sysdb = self._sys
-        return self._env.read(lambda txn: txn.get(_HARD_STATE, db=sysdb))
+        return self._env.read(lambda txn: txn.get(_HARD_STATE, db=self._sys))
 
     def set_hard_state(self, blob: bytes) -> None:
         self.log_append([], blob)
@@ -403,16 +402,16 @@ class Store:
         return key
 
     def meta_get(self, name: str) -> bytes | None:
-        key, db = self._meta_key(name), self._meta
-        return self._env.read(lambda txn: txn.get(key, db=db))
+        key = self._meta_key(name)
+        return self._env.read(lambda txn: txn.get(key, db=self._meta))
 
     def meta_set(self, name: str, value: bytes) -> None:
-        key, db = self._meta_key(name), self._meta
-        self._env.write(lambda txn: txn.put(key, value, db=db))
+        key = self._meta_key(name)
+        self._env.write(lambda txn: txn.put(key, value, db=self._meta))
 
     def meta_delete(self, name: str) -> bool:
-        key, db = self._meta_key(name), self._meta
-        return self._env.write(lambda txn: bool(txn.delete(key, db=db)))
+        key = self._meta_key(name)
+        return self._env.write(lambda txn: bool(txn.delete(key, db=self._meta)))
 
     # -- snapshots --------------------------------------------------------------
 
@@ -441,10 +440,10 @@ class Store:
             raise
 
     def _snapshot_items(self, lr: LongRead, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        db = self._data
-
         def chunk(txn: Txn) -> list[tuple[bytes, bytes]]:
-            cur = txn.cursor(db=db)
+            # Looked up per chunk: a reopen between chunks kills lr (the next run raises
+            # SnapshotInterrupted), and the handle must never outlive its environment.
+            cur = txn.cursor(db=self._data)
             if not (cur.first() if after is None else cur.set_range(after)):
                 return []
             out: list[tuple[bytes, bytes]] = []
@@ -469,12 +468,16 @@ class Store:
         `items` is consumed once, in bounded batches, into the staging database; then
         one txn swaps it in. Readers see the old data or the new, never a mix, and a
         crash before the swap leaves the old data and applied index untouched.
+
+        The swap dirties every page of the new data, and LMDB keeps the buffers of
+        dirtied pages on its heap until the environment closes (~120 MB at 1M keys of
+        100 bytes), so the environment is then reopened (Env.reopen): open snapshot
+        views raise SnapshotInterrupted on their next use, other calls just wait for it.
         """
         if self._staging is None:
             raise StorageError(f"the store at {self.path} is open read-only")
         if index < 0:
             raise ValueError(f"index must be >= 0, got {index}")
-        staging, data, sysdb = self._staging, self._data, self._sys
         env = self._env
         with env.write_lock:  # no other write may slip in between staging and swap
             try:
@@ -492,13 +495,14 @@ class Store:
                     self._stage(batch)
 
                 def swap(txn: Txn) -> None:
+                    staging, data = self._staging, self._data
                     txn.drop(data, delete=False)
                     src = txn.cursor(db=staging)
                     if src.first():
                         # staging is sorted, so this is a sequential append.
                         txn.cursor(db=data).putmulti(src.iternext(), append=True)
                     txn.drop(staging, delete=False)
-                    txn.put(_APPLIED, pack_index(index), db=sysdb)
+                    txn.put(_APPLIED, pack_index(index), db=self._sys)
 
                 env.write(swap)
             except BaseException:
@@ -507,17 +511,18 @@ class Store:
                 except StorageError:
                     pass  # best effort; cleared again on the next open
                 raise
+            # After the swap committed: a failure here closes the store (StorageError),
+            # the install itself is done and durable.
+            env.reopen(self._open_dbs)
 
     def _stage(self, batch: list[tuple[bytes, bytes]]) -> None:
-        staging = self._staging
-        self._env.write(lambda txn: txn.cursor(db=staging).putmulti(batch))
+        self._env.write(lambda txn: txn.cursor(db=self._staging).putmulti(batch))
 
     def _clear_staging(self) -> None:
-        staging = self._staging
-        if staging is None:
+        if self._staging is None:
             return
-        if self._env.read(lambda txn: int(txn.stat(staging)["entries"])):
-            self._env.write(lambda txn: txn.drop(staging, delete=False))
+        if self._env.read(lambda txn: int(txn.stat(self._staging)["entries"])):
+            self._env.write(lambda txn: txn.drop(self._staging, delete=False))
 
     # -- maintenance ------------------------------------------------------------
 
@@ -551,10 +556,15 @@ class Store:
 
     def reader_check(self) -> int:
         """Clear reader slots of dead processes now; returns how many were cleared."""
+        gate = self._env.gate
+        gate.acquire_shared()  # not while a reopen swaps the environment
         try:
+            self._env._check_open()
             return int(self._env.env.reader_check())
         except lmdb.Error as exc:
             raise self._env.translate(exc, "reader check") from exc
+        finally:
+            gate.release_shared()
 
     def sync(self) -> None:
         """Flush to disk now (only useful with sync=False)."""
@@ -562,6 +572,7 @@ class Store:
             return
         self._env.gate.acquire_shared()
         try:
+            self._env._check_open()
             self._env.env.sync(True)
         except lmdb.Error as exc:
             raise self._env.translate(exc, "sync") from exc
