@@ -7,6 +7,12 @@ reads, reads on a backend whose local state is always current) run right inside
 `data_received`, and a batch's replies leave in one `transport.write`. The first request
 that must wait (a write, a read barrier) hands the rest of the queue to a Task.
 
+The hot path: when nothing of the connection is queued or running, the leading requests
+of a batch that have a fast handler (GET, MGET, PING: fast.py) skip the queue and the
+general dispatch altogether, and the cache misses among them are read from the store in
+one transaction. It answers exactly what the general path would; anything unusual (an
+error to report, a limit) is left to the general path, which runs it again from there.
+
 Backpressure: a connection stops being read while too many of its requests are queued,
 or while too many reply bytes wait for it to read; so a slow or hostile client costs
 bounded memory and never stalls the others.
