@@ -168,6 +168,8 @@ class Connection(asyncio.Protocol):
         sess, fp = self.session, self.fast
         table = fp.reads if sess.readonly or self.barrier_free else fp.sync
         pending = fp.pending
+        if pending:  # left by a batch that an exception cut short: not this batch's keys
+            pending.clear()
         proto = sess.proto
         size = n = mark = 0  # out[:mark] holds no placeholder
         failed = False
