@@ -31,6 +31,17 @@ PENDING = b""  # the placeholder reply of a GET that missed the cache (no reply 
 # its client reads (its write buffer is under the high-water mark), and stops at
 # _FLUSH_AT bytes of known replies.
 MAX_PENDING = 16
+# Bulk-string headers of short values, made once: `_HEAD[n] + v + CRLF` costs about
+# half of `b"$%d\r\n%s\r\n" % (n, v)`.
+_HEAD = [b"$%d\r\n" % n for n in range(1024)]
+_CRLF = b"\r\n"
+
+
+def bulk(v: bytes) -> bytes:
+    n = len(v)
+    if n < 1024:
+        return _HEAD[n] + v + _CRLF
+    return b"$%d\r\n%s\r\n" % (n, v)  # one copy of a long value, not two
 
 
 class FastPath:
@@ -45,6 +56,7 @@ class FastPath:
         self.get_uncached = uncached
         self.pending: list[bytes] = []  # keys of this batch's GETs that missed the cache
         pending = self.pending
+        head, crlf = _HEAD, _CRLF
 
         def ping(a: list[bytes], proto: int) -> bytes | None:
             return PONG if len(a) == 1 else None
@@ -58,7 +70,10 @@ class FastPath:
             v = backend_get(k)
             if v is None:
                 return NULL3 if proto == 3 else QUEUED_NULL2
-            return b"$%d\r\n%s\r\n" % (len(v), v)
+            n = len(v)
+            if n < 1024:
+                return head[n] + v + crlf
+            return b"$%d\r\n%s\r\n" % (n, v)  # one copy of a long value, not two
 
         def get_cached(a: list[bytes], proto: int) -> bytes | None:  # the cache, misses batched
             if len(a) != 2:
@@ -70,7 +85,10 @@ class FastPath:
             if v is None:
                 pending.append(k)
                 return PENDING
-            return b"$%d\r\n%s\r\n" % (len(v), v)
+            n = len(v)
+            if n < 1024:
+                return head[n] + v + crlf
+            return b"$%d\r\n%s\r\n" % (n, v)  # one copy of a long value, not two
 
         def get_batched(a: list[bytes], proto: int) -> bytes | None:  # no cache: all batched
             if len(a) != 2 or not 0 < len(a[1]) <= max_key:
@@ -99,9 +117,7 @@ class FastPath:
             if sum(len(v) for v in values if v is not None) > max_reply:
                 return None
             nil = NULL3 if proto == 3 else QUEUED_NULL2
-            return b"*%d\r\n" % (n - 1) + b"".join(
-                [nil if v is None else b"$%d\r\n%s\r\n" % (len(v), v) for v in values]
-            )
+            return b"*%d\r\n" % (n - 1) + b"".join([nil if v is None else bulk(v) for v in values])
 
         get = get_each if uncached is None else get_batched if cache_get is None else get_cached
         self.sync: dict[bytes, FastHandler] = {}
@@ -130,6 +146,6 @@ class FastPath:
         for i in range(start, len(out)):
             if not out[i]:
                 v = next(it)
-                r = out[i] = nil if v is None else b"$%d\r\n%s\r\n" % (len(v), v)
+                r = out[i] = nil if v is None else bulk(v)
                 added += len(r)
         return added
