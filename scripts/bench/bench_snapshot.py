@@ -171,6 +171,10 @@ def main() -> int:
         finally:
             out["heap_mb_peak_during_snapshot"] = sampler.stop()
         out["wiped_catch_up_s"] = round(time.monotonic() - t0, 2)
+        # the install logs after the swap readers already see: give it a moment
+        t1 = time.monotonic() + 10
+        while "installed snapshot" not in (d / f / "node.log").read_text() and time.monotonic() < t1:
+            time.sleep(0.2)
         out["wiped_installed_snapshot"] = "installed snapshot" in (d / f / "node.log").read_text()
         time.sleep(5)
         out["heap_mb_after_snapshot"] = heap(d)
