@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -33,11 +33,25 @@ READ_RETRIES = 16
 Getter = Callable[[L.Buffer], "bytes | None"]
 
 
+class Reader(NamedTuple):
+    get: Getter  # the memo, then the table
+    peek: Getter  # the memo alone (None: not there, or no longer current)
+    lookup: Getter  # the table alone; a hit goes into the memo
+    counters: Callable[[], dict[str, int]]  # this process's read counters
+    release: Callable[[], None]  # lets go of the mapping (before mm.close())
+
+
 def make_reader(
     mm: mmap.mmap, geo: L.Geometry, verify: bool, memo_entries: int, memo_bytes: int
 ) -> tuple[Getter, Callable[[], dict[str, int]], Callable[[], None]]:
     """(get, counters, release): get(key) -> value or None; counters() -> this process's
     read counters; release() lets go of the mapping (before mm.close())."""
+    r = reader_parts(mm, geo, verify, memo_entries, memo_bytes)
+    return r.get, r.counters, r.release
+
+
+def reader_parts(mm: mmap.mmap, geo: L.Geometry, verify: bool, memo_entries: int, memo_bytes: int) -> Reader:
+    """The reader's functions, the memo and the table also apart (see `Reader`)."""
     idx0 = geo.slots_off
     home_mask = (geo.nslots - 1) << L.SLOT_SHIFT  # hash -> byte offset of the home slot
     stripe0 = L.STRIPES_OFF >> 3  # word index of stripe 0
@@ -161,6 +175,23 @@ def make_reader(
             memo_pop(key, None)
         return fill(key)
 
+    def peek(key: L.Buffer) -> bytes | None:
+        nonlocal hits
+        try:
+            entry = memo_get(key)
+        except TypeError:
+            return None
+        if entry is not None:
+            stripe, version, val = entry
+            if words[stripe] == version:
+                hits += 1
+                return val
+            memo_pop(key, None)
+        return None
+
+    def no_memo(key: L.Buffer) -> bytes | None:
+        return None
+
     def counters() -> dict[str, int]:
         return {"hits": hits, "misses": misses, "torn_retries": torn, "memo_entries": len(memo)}
 
@@ -169,5 +200,6 @@ def make_reader(
         words.release()
 
     if use_memo:
-        return get, counters, release
-    return (checked_get if verify else table_get), counters, release
+        return Reader(get, peek, fill, counters, release)
+    plain = checked_get if verify else table_get
+    return Reader(plain, no_memo, plain, counters, release)

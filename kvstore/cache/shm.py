@@ -67,7 +67,7 @@ import xxhash
 from kvstore.cache import layout as L
 from kvstore.cache.errors import CacheError, CacheInUse, CacheLockTimeout, CacheNotFound
 from kvstore.cache.lock import WriterLock, pid_alive, self_identity
-from kvstore.cache.reader import make_reader
+from kvstore.cache.reader import reader_parts
 from kvstore.cache.table import Table
 
 _DEBUG_STALL_ENV = "KVSTORE_CACHE_DEBUG_STALL"  # test hook: stop a writer at "locked", "ring" or "slot_odd"
@@ -101,7 +101,10 @@ def _closed_get(key: Buffer) -> bytes | None:
 class ShmCache:
     """See the module docstring. Create with create() (the node) or attach() (anyone)."""
 
-    get: Callable[[Buffer], bytes | None]  # set per instance: a closure, for speed
+    # Set per instance: closures, for speed (see reader.py).
+    get: Callable[[Buffer], bytes | None]  # this process's memo, then the table
+    peek: Callable[[Buffer], bytes | None]  # the memo alone: no look at the table
+    lookup: Callable[[Buffer], bytes | None]  # the table alone (a hit is memoised)
 
     def __init__(
         self,
@@ -133,9 +136,9 @@ class ShmCache:
         self._stall_at = os.environ.get(_DEBUG_STALL_ENV)
         self._creator = L.OWNER.unpack_from(mm, L.OWNER_OFF)[0:3:2]  # (pid, start): this incarnation
         self._closed = False
-        self.get, self._read_counters, self._release_reader = make_reader(
-            mm, geo, self.verify_reads, memo_entries, memo_bytes
-        )
+        r = reader_parts(mm, geo, self.verify_reads, memo_entries, memo_bytes)
+        self.get, self.peek, self.lookup = r.get, r.peek, r.lookup
+        self._read_counters, self._release_reader = r.counters, r.release
 
     # ---------------------------------------------------------------- opening and closing
 
@@ -302,7 +305,7 @@ class ShmCache:
         if self._closed:
             return
         self._closed = True
-        self.get = _closed_get
+        self.get = self.peek = self.lookup = _closed_get
         self._release_reader()
         self._mm.close()
         self._shm.close_fd()
@@ -394,6 +397,10 @@ class ShmCache:
             self._lock.release()
 
     # ---------------------------------------------------------------- introspection
+
+    def evictions(self) -> int:
+        """How many live entries were dropped to make room so far (one header load)."""
+        return int(L.U64.unpack_from(self._mm, L.COUNTERS_OFF + 8 * L.C_EVICTIONS)[0])
 
     def stats(self) -> dict[str, Any]:
         """Table-wide counters, plus this process's reader counters (hits, misses, torn_retries)."""
