@@ -7,15 +7,17 @@ from __future__ import annotations
 import random
 import re
 import socket
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import hiredis
 import pytest
 
+from kvstore.cache import ShmCache
 from kvstore.errors import StorageError
 from kvstore.local import framing
-from kvstore.local.fast import MAX_PENDING
+from kvstore.local.fast import LOW, MAX_PENDING, PROBE, WINDOW, memo_first
 from kvstore.local.framing import FrameError, RequestParser
 from kvstore.local.resp import Limits
 from kvstore.local.single import SingleNodeBackend
@@ -278,3 +280,58 @@ def test_one_get_recogniser_agrees_with_hiredis() -> None:
             ]
         )
         assert parse(data, True) == parse(data, False), data
+
+
+@pytest.fixture
+def shm() -> Iterator[ShmCache]:
+    """A small ShmCache whose memo holds 64 entries."""
+    c = ShmCache.create(f"/kvs-fp-{uuid.uuid4().hex[:10]}", size_bytes=1 << 20, memo_entries=64)
+    try:
+        yield c
+    finally:
+        c.close()
+        c.unlink()
+
+
+def test_memo_first_skips_the_table_while_the_memo_misses(shm: ShmCache) -> None:
+    lookups = 0
+    lookup = shm.lookup
+
+    def counting(key: bytes) -> bytes | None:
+        nonlocal lookups
+        lookups += 1
+        return lookup(key)
+
+    shm.lookup = counting  # type: ignore[method-assign]
+    get, real_misses = memo_first(shm)
+    keys = [b"k%04d" % i for i in range(1000)]
+    shm.put_many([(k, b"v" + k) for k in keys])
+    rng = random.Random(5)
+    for _ in range(LOW * WINDOW):  # far more keys than the memo holds: few memo hits
+        k = rng.choice(keys)
+        assert get(k) in (None, b"v" + k)  # None: "read the store"
+    lookups = 0
+    for _ in range(WINDOW):
+        get(rng.choice(keys))
+    assert lookups <= WINDOW // PROBE + 1  # only the probes looked in the table
+    assert real_misses([b"nope"]) == set()  # the others did not look: not worth caching
+    for _ in range(4 * WINDOW):  # a working set the memo holds: the probes memoise it
+        k = rng.choice(keys[:20])
+        assert get(k) in (None, b"v" + k)
+    hot = [get(k) for k in keys[:20]]
+    assert hot == [b"v" + k for k in keys[:20]]  # from the memo
+    assert get(keys[500]) == b"v" + keys[500]  # and the table is read again
+
+
+def test_reads_fill_a_cache_with_room_then_only_keys_read_again(shm: ShmCache) -> None:
+    store = MemoryStore()
+    b = SingleNodeBackend(store, shm)
+    store.data.update({b"a": b"1", b"b": b"2", b"c": b"3"})
+    assert b.get_uncached([b"a"]) == [b"1"]
+    assert shm.get(b"a") == b"1"  # room: cached on its first miss
+    filler = [(b"f%05d" % i, b"x" * 200) for i in range(20_000)]
+    for i in range(0, len(filler), 1000):
+        shm.put_many(filler[i : i + 1000])
+    assert shm.evictions() > 0
+    assert b.get_uncached([b"b"]) == [b"2"] and shm.get(b"b") is None  # full: remembered only
+    assert b.get_uncached([b"b"]) == [b"2"] and shm.get(b"b") == b"2"  # its second miss

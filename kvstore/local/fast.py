@@ -18,7 +18,7 @@ puts an empty placeholder in the batch's replies, and `resolve` fills it in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvstore.local.cmdbase import FastHandler
@@ -42,6 +42,68 @@ def bulk(v: bytes) -> bytes:
     if n < 1024:
         return _HEAD[n] + v + _CRLF
     return b"$%d\r\n%s\r\n" % (n, v)  # one copy of a long value, not two
+
+
+# In-process reads (the node's RESP server and its workers) and the shared table. Its
+# worth to them is the memo in front of it (a dict lookup): a read that misses the memo
+# costs as much in the table as in LMDB, or more once the keys read span more memory
+# than the CPU caches hold (measured with 100-byte values, per GET: 200,000 keys all in
+# the table, 5.0-5.8 µs through the table against 4.0-4.5 µs from LMDB; 1,000,000 keys,
+# 38% of them in the table, 6.5-7.2 against 3.1). So once fewer than half the reads are
+# memo hits for LOW windows in a row (as many reads as the memo holds: it had its chance
+# to fill), reads skip the table and go to the store, but for one memo miss in PROBE
+# that still looks there (and memoises what it finds); one window with half its reads
+# memo hits brings the table back.
+WINDOW = 8192
+LOW = 8
+PROBE = 16
+
+
+def memo_first(cache: Any) -> tuple[Callable[[bytes], bytes | None], Callable[[Sequence[bytes]], Any]]:
+    """(cache_get, real_misses) for reads in a node's own processes (see above).
+
+    cache_get(key) -> the cached value, or None: read the store. real_misses(keys), for
+    keys that cache_get answered None: those that were looked for in the table and not
+    found there (the ones worth caching), or None for all of them. A cache without a
+    memo (no `peek`/`lookup`) is always read whole.
+    """
+    peek = getattr(cache, "peek", None)
+    lookup = getattr(cache, "lookup", None)
+    if peek is None or lookup is None:
+        return cache.get, lambda keys: None  # type: ignore[no-any-return]
+    use_table = True
+    seen = memo_hits = probes = low = 0
+    probed: set[bytes] = set()  # probes that missed, while the table is skipped
+
+    def cache_get(key: bytes) -> bytes | None:
+        nonlocal use_table, seen, memo_hits, probes, low
+        v = peek(key)
+        if v is not None:
+            memo_hits += 1
+        elif use_table:
+            v = lookup(key)
+        else:
+            probes += 1
+            if probes >= PROBE:
+                probes = 0
+                v = lookup(key)
+                if v is None and len(probed) < 1024:
+                    probed.add(key)
+        seen += 1
+        if seen >= WINDOW:
+            low = 0 if memo_hits * 2 >= seen else low + 1
+            use_table = low < LOW
+            seen = memo_hits = 0
+        return v  # type: ignore[no-any-return]
+
+    def real_misses(keys: Sequence[bytes]) -> Any:
+        if use_table and not probed:
+            return None
+        found = probed.intersection(keys)
+        probed.clear()
+        return found
+
+    return cache_get, real_misses
 
 
 class FastPath:

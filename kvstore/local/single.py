@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from kvstore import statemachine
 from kvstore.errors import KVError, LimitExceeded, Unknown
+from kvstore.local.fast import memo_first
 from kvstore.statemachine import Command, Result
 
 log = logging.getLogger("kvstore.local.single")
@@ -59,11 +60,12 @@ class SingleNodeBackend:
     """`Backend` over one `Store` (and optionally one `ShmCache`), in the node's process.
 
     `fill_cache`: reads that miss the cache put what they found into it (safe here,
-    because this process is the only writer: a key with a write in flight is skipped),
-    once a key has missed twice within the last `DOOR` misses or so (a doorkeeper, as
-    in TinyLFU). Filling costs far more than a read (the writer lock, evicting older
-    entries); when the keys read do not fit the cache, filling on every miss would only
-    churn it, while a key read again soon still gets in on its second miss.
+    because this process is the only writer: a key with a write in flight is skipped):
+    every miss until the cache first drops an entry to make room, and from then on a
+    key that missed twice within the last `DOOR` misses or so (a doorkeeper, as in
+    TinyLFU). Filling costs far more than a read (the writer lock,
+    evicting older entries); when the keys read do not fit the cache, filling on every
+    miss would only churn it, while a key read again soon still gets in.
     """
 
     DOOR = 1 << 14
@@ -92,13 +94,18 @@ class SingleNodeBackend:
         self.cache_name = cache_name
         self.store_path = store_path
         self.fill_cache = fill_cache and cache is not None
-        # For the RESP server's fast path (see kvstore/local/fast.py): the cache alone,
-        # and the store for the keys it missed, in one read transaction.
-        self.cache_get: Callable[[bytes], bytes | None] | None = cache.get if cache is not None else None
+        # For the RESP server's fast path (see kvstore/local/fast.py): the cache alone
+        # (its memo first, its table while that pays), and the store for the keys it
+        # missed, in one read transaction.
+        self.cache_get: Callable[[bytes], bytes | None] | None = None
+        self._real_misses: Callable[[Sequence[bytes]], Any] = lambda keys: None
+        if cache is not None:
+            self.cache_get, self._real_misses = memo_first(cache)
         self._get_many: Callable[[Sequence[bytes]], list[bytes | None]] = getattr(
             store, "get_many", lambda keys: [store.get(k) for k in keys]
         )
         self._door: set[bytes] = set()  # keys that missed recently
+        self._evictions = self._cache_evictions()  # at the start: -1 when not known
         self.applied = store.applied_index()
         self._pending: list[tuple[Command, asyncio.Future[Result]]] = []
         self._inflight: dict[bytes, int] = {}
@@ -176,34 +183,50 @@ class SingleNodeBackend:
         """The store's values of keys that missed the cache, in one read transaction."""
         values = self._get_many(keys)
         if self.fill_cache:
-            self._admit(keys, values)
+            real = self._real_misses(keys)  # not the reads that skipped the table
+            if real is None:
+                self._admit(keys, values)
+            elif real:
+                pairs = [(k, v) for k, v in zip(keys, values, strict=True) if k in real]
+                self._admit([k for k, _ in pairs], [v for _, v in pairs])
         return values
 
+    def _cache_evictions(self) -> int:
+        evictions = getattr(self.cache, "evictions", None)
+        return -1 if evictions is None else int(evictions())
+
     def _admit(self, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
-        """Cache the values read of keys that missed recently already (the doorkeeper)."""
-        door = self._door
-        seen = door.intersection(keys)  # set operations: C loops, a miss costs little
-        if len(door) >= self.DOOR:
-            door.clear()
-        door.update(keys)
-        if not seen:
-            return
-        inflight = self._inflight
-        admitted = [
-            (k, v)
-            for k, v in zip(keys, values, strict=True)
-            if k in seen and v is not None and k not in inflight
-        ]
-        if admitted:
-            try:
-                put_many = getattr(self.cache, "put_many", None)
-                if put_many is not None:
-                    put_many(admitted)
-                else:
-                    for k, v in admitted:
-                        self.cache.put(k, v)  # type: ignore[union-attr]
-            except Exception:  # a value the cache will not take is simply not cached
-                pass
+        """Cache what was read of keys that missed, as the class docstring says."""
+        try:
+            room = self._evictions >= 0 and self._cache_evictions() == self._evictions
+            inflight = self._inflight
+            if room:
+                admitted = [
+                    (k, v) for k, v in zip(keys, values, strict=True) if v is not None and k not in inflight
+                ]
+            else:
+                door = self._door
+                seen = door.intersection(keys)  # set operations: C loops, a miss costs little
+                if len(door) >= self.DOOR:
+                    door.clear()
+                door.update(keys)
+                if not seen:
+                    return
+                admitted = [
+                    (k, v)
+                    for k, v in zip(keys, values, strict=True)
+                    if k in seen and v is not None and k not in inflight
+                ]
+            if not admitted:
+                return
+            put_many = getattr(self.cache, "put_many", None)
+            if put_many is not None:
+                put_many(admitted)
+            else:
+                for k, v in admitted:
+                    self.cache.put(k, v)  # type: ignore[union-attr]
+        except Exception:  # a value the cache will not take is simply not cached
+            pass
 
     def scan(self, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         return self.store.scan(start=start, limit=limit)

@@ -33,6 +33,7 @@ from kvstore.errors import KVError, Unavailable
 from kvstore.local.aclient import AsyncClient
 from kvstore.local.backend import Backend
 from kvstore.local.clientcore import RetryPolicy
+from kvstore.local.fast import memo_first
 from kvstore.local.resp import Limits
 from kvstore.local.server import RespServer
 from kvstore.statemachine import Command, Result
@@ -67,9 +68,10 @@ class ForwardingBackend:
         self.barrier_free = barrier_free
         self.node = AsyncClient(internal_path, timeout=timeout, retry=RetryPolicy(retries=0))
         self._info: dict[str, dict[str, Any]] = {}
-        # For the RESP server's fast path (kvstore/local/fast.py): the cache alone, and
-        # the store for the keys it missed, in one read transaction.
-        self.cache_get = cache.get if cache is not None else None
+        # For the RESP server's fast path (kvstore/local/fast.py): the cache alone (its
+        # memo first, its table while that pays), and the store for the keys it missed,
+        # in one read transaction.
+        self.cache_get = memo_first(cache)[0] if cache is not None else None
         self.get_uncached = store.get_many
 
     async def write(self, cmd: Command) -> Result:
