@@ -401,13 +401,17 @@ class Env:
     def _adopt_map_size(self) -> None:
         self._remap(0)
 
+    def _interrupt_long_reads(self) -> None:
+        """With the gate exclusive: abort every long read; its next use raises SnapshotInterrupted."""
+        for lr in list(self.long_reads):
+            lr.kill()
+            lr.interrupted = True
+        self.long_reads.clear()
+
     def _remap(self, size: int) -> None:
         self.gate.acquire_exclusive()
         try:
-            for lr in list(self.long_reads):
-                lr.kill()
-                lr.interrupted = True
-            self.long_reads.clear()
+            self._interrupt_long_reads()
             try:
                 self.env.set_mapsize(size)
             except lmdb.Error as exc:
@@ -436,10 +440,7 @@ class Env:
             self._check_open()
             self.gate.acquire_exclusive()
             try:
-                for lr in list(self.long_reads):
-                    lr.kill()
-                    lr.interrupted = True
-                self.long_reads.clear()
+                self._interrupt_long_reads()
                 size = self.map_size()
                 self.env.close()
                 try:
