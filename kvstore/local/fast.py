@@ -203,11 +203,18 @@ class FastPath:
         finally:
             keys.clear()
         nil = NULL3 if proto == 3 else QUEUED_NULL2
+        head, crlf = _HEAD, _CRLF
         added = 0
         it = iter(values)
         for i in range(start, len(out)):
             if not out[i]:
                 v = next(it)
-                r = out[i] = nil if v is None else bulk(v)
+                if v is None:
+                    r = nil
+                elif (n := len(v)) < 1024:
+                    r = head[n] + v + crlf
+                else:
+                    r = b"$%d\r\n%s\r\n" % (n, v)
+                out[i] = r
                 added += len(r)
         return added
