@@ -335,3 +335,51 @@ def test_reads_fill_a_cache_with_room_then_only_keys_read_again(shm: ShmCache) -
     assert shm.evictions() > 0
     assert b.get_uncached([b"b"]) == [b"2"] and shm.get(b"b") is None  # full: remembered only
     assert b.get_uncached([b"b"]) == [b"2"] and shm.get(b"b") == b"2"  # its second miss
+
+
+def test_reads_stay_right_through_every_cache_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A small cache, a tiny memo and short windows: reads go through the table, skip it,
+    probe it, fill it on misses (with room, then by the doorkeeper) while writes change
+    and evict entries; every reply matches a model."""
+    from kvstore.local import fast
+    from kvstore.storage import Store
+
+    monkeypatch.setattr(fast, "WINDOW", 32)
+    monkeypatch.setattr(fast, "LOW", 2)
+    monkeypatch.setattr(fast, "PROBE", 3)
+    name = f"/kvs-fpm-{uuid.uuid4().hex[:10]}"
+
+    def make() -> SingleNodeBackend:
+        store = Store(tmp_path / "data", sync=False)
+        cache = ShmCache.create(name, size_bytes=32 << 10, max_value=512, memo_entries=8)
+        b = SingleNodeBackend(store, cache)
+        b._owned = [store, cache]
+        return b
+
+    rng = random.Random(11)
+    keys = [b"m%03d" % i for i in range(300)]
+    model: dict[bytes, bytes] = {}
+    with ServerThread(make) as st:
+        for _ in range(300):
+            wire, expected = b"", []
+            hot = keys[: rng.choice([5, 50, 300])]
+            for _ in range(rng.randrange(1, 20)):
+                k = rng.choice(hot)
+                op = rng.random()
+                if op < 0.15:
+                    v = bytes([rng.randrange(256)]) * rng.choice([1, 100, 700])  # 700: over max_value
+                    wire += pack(b"SET", k, v)
+                    model[k] = v
+                    expected.append(b"OK")
+                elif op < 0.2:
+                    wire += pack(b"DEL", k)
+                    expected.append(int(model.pop(k, None) is not None))
+                elif op < 0.3:
+                    ks = [rng.choice(hot) for _ in range(3)]
+                    wire += pack(b"MGET", *ks)
+                    expected.append([model.get(x) for x in ks])
+                else:
+                    wire += pack(b"GET", k)
+                    expected.append(model.get(k))
+            assert replies(st.path, wire) == expected
+        assert st.backend.cache.stats()["evictions"] > 0
