@@ -10,6 +10,7 @@ runs on the loop thread, so the core needs no locks. One `Ready` at a time: pers
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from kvstore.cluster.procs import SEEN_LEADER
 from kvstore.config import ClusterConfig, NodeConfig
 from kvstore.errors import KVError, TryAgain, Unknown, WrongCluster
 from kvstore.forward import Forwarder
+from kvstore.local.fast import memo_first
 from kvstore.local.server import Limits, RespServer
 from kvstore.local.workers import WorkerPool
 from kvstore.metrics import NodeMetrics
@@ -95,8 +97,9 @@ class Node(WritePath):
         self._wake = asyncio.Event()
         self._leader_known = asyncio.Event()
         self._waiters: dict[int, tuple[int, asyncio.Future[tuple[sm.Result, int]]]] = {}
-        self._expiry: deque[tuple[float, int, float]] = deque()
-        self._expiry_odd: list[tuple[float, int, float]] = []
+        self._expiry: deque[Any] = deque()
+        self._expiry_odd: list[Any] = []
+        self._expiry_seq = itertools.count()
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
@@ -174,6 +177,16 @@ class Node(WritePath):
         self.reads = ReadBarrier(self)
         self.forwarder = Forwarder(self)
         self.metrics = NodeMetrics(self.name)
+        # The RESP hot path (kvstore/local/fast.py) reads the cache first and a batch's
+        # misses in one LMDB transaction; READONLY reads on a node take it.
+        cached, count = memo_first(self.cache)[0], self.metrics.count
+
+        def cache_get(key: bytes) -> bytes | None:
+            count("get", "ok")
+            return cached(key)
+
+        self.cache_get = cache_get
+        self.get_uncached = self.store.get_many
         self.metrics.watch(self.status, self.cache.stats, lambda: self._clients())
         if self.me.metrics_port:
             try:

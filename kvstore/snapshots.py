@@ -459,14 +459,40 @@ class Receiver:
                  p.src, received, type(why).__name__ if why else "ended early")
 
     async def _install(self, head: pb.SnapshotChunk, p: Partial, size: int) -> pb.SnapshotAck:
+        """Swap the verified data in. Once started this runs to its end even if the RPC is
+        cancelled meanwhile (sender gone, deadline): a swap that LMDB committed must be
+        followed by clearing the cache and moving the applied index, or the node would
+        serve old cached values next to new data. The stream lock stays held until then."""
+        self._installing = True
+        task = asyncio.ensure_future(self._swap(head, p, size))
+        cancelled = False
+        while True:
+            try:
+                ack = await asyncio.shield(task)
+                break
+            except asyncio.CancelledError:
+                if task.done():
+                    raise
+                cancelled = True  # finish the swap first
+        if cancelled:
+            raise asyncio.CancelledError
+        return ack
+
+    async def _swap(self, head: pb.SnapshotChunk, p: Partial, size: int) -> pb.SnapshotAck:
         node = self.node
         msg = Message(MsgType.SNAPSHOT, src=p.src, dst=node.name, term=head.term, snapshot=snap_from_pb(head.meta))
         index = head.data_index
-        self._installing = True
         try:
             if index > node.applied:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(node._io, node.store.replace_all, read_pairs(p.data), index)
+                try:
+                    await loop.run_in_executor(node._io, node.store.replace_all, read_pairs(p.data), index)
+                except KVError:
+                    if node.store.closed:  # swapped, then could not reopen: nothing can go on
+                        node.cache.clear()
+                        log.error("%s: the store closed during a snapshot install; stopping", node.name)
+                        node._stopping.set()
+                    raise
                 node.cache.clear()
                 node.applied = max(node.applied, index)
                 node._wake_applied()

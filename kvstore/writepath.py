@@ -9,6 +9,7 @@ import asyncio
 import heapq
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 _COMMAND_NAMES = {sm.Set: "set", sm.Delete: "del", sm.MSet: "mset"}
 
 
+_Expiry = tuple[float, int, int, float, "asyncio.Future[tuple[sm.Result, int]]"]
+
+
 def _outcome(e: BaseException) -> str:
     return "tryagain" if isinstance(e, TryAgain) else "unknown" if isinstance(e, Unknown) else "error"
 
@@ -41,8 +45,11 @@ class WritePath:
     forwarder: Forwarder
     timeout: float
     _waiters: dict[int, tuple[int, asyncio.Future[tuple[sm.Result, int]]]]
-    _expiry: deque[tuple[float, int, float]]  # (deadline, index, timeout) of _waiters, in order
-    _expiry_odd: list[tuple[float, int, float]]  # the same for other timeouts: a heap
+    # (deadline, sequence, index, timeout, future) of _waiters, in order; _expiry_odd:
+    # the same for other timeouts, a heap (the sequence number breaks ties)
+    _expiry: deque[_Expiry]
+    _expiry_odd: list[_Expiry]
+    _expiry_seq: Iterator[int]
     _wake: asyncio.Event
     _leader_known: asyncio.Event
     _leader_stubs: dict[str, tuple[grpc.aio.Channel, pbg.RaftStub]]
@@ -81,12 +88,18 @@ class WritePath:
         self.metrics.proposals.inc()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[sm.Result, int]] = loop.create_future()
+        old = self._waiters.get(idx)
+        if old is not None and not old[1].done():
+            # We lost leadership and won it back: the entry we proposed at idx before was
+            # overwritten (else our log would be longer), so it never applied.
+            old[1].set_exception(TryAgain("leadership changed before the write committed"))
         self._waiters[idx] = (self.core.term, fut)
         t = timeout or self.timeout
+        item = (loop.time() + t, next(self._expiry_seq), idx, t, fut)
         if t == self.timeout:  # deadlines in order: a queue will do
-            self._expiry.append((loop.time() + t, idx, t))
+            self._expiry.append(item)
         else:
-            heapq.heappush(self._expiry_odd, (loop.time() + t, idx, t))
+            heapq.heappush(self._expiry_odd, item)
         self._wake.set()
         return fut
 
@@ -98,10 +111,13 @@ class WritePath:
         while h and h[0][0] <= now:
             self._expire(*heapq.heappop(h))
 
-    def _expire(self, _: float, idx: int, t: float) -> None:
-        w = self._waiters.pop(idx, None)
-        if w is not None and not w[1].done():
-            w[1].set_exception(Unknown(f"write at index {idx} not committed within {t:.1f}s"))
+    def _expire(self, _: float, __: int, idx: int, t: float, fut: asyncio.Future[tuple[sm.Result, int]]) -> None:
+        if fut.done():
+            return
+        w = self._waiters.get(idx)
+        if w is not None and w[1] is fut:
+            del self._waiters[idx]
+        fut.set_exception(Unknown(f"write at index {idx} not committed within {t:.1f}s"))
 
     async def propose_as_leader(self, cmd: sm.Command | ConfChange,
                                 timeout: float | None = None) -> tuple[sm.Result, int]:

@@ -367,9 +367,9 @@ class RaftCore(Elections, Replication):
     def advance(self, rd: Ready) -> None:
         """The shell persisted, sent and applied `rd`."""
         if rd.snapshot is not None:
-            self.log.mark_persisted(rd.snapshot.index)
+            self.log.mark_persisted(rd.snapshot.index, rd.snapshot.term)
         if rd.entries:
-            self.log.mark_persisted(rd.entries[-1].index)
+            self.log.mark_persisted(rd.entries[-1].index, rd.entries[-1].term)
             if self._role == Role.LEADER:
                 self._prs[self._id].maybe_update(self.log.persisted)
                 self._maybe_commit()

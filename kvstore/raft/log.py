@@ -180,7 +180,7 @@ class RaftLog:
         self.committed = snap.index
         self.applying = max(self.applying, snap.index)
         self.unstable = snap.index + 1
-        self.persisted = min(self.persisted, snap.index)
+        self.persisted = min(self.persisted, snap.index - 1)  # until the shell wrote it
         self.pending_snapshot = snap
         self._confs = [(snap.index, snap.conf)]
 
@@ -211,10 +211,12 @@ class RaftLog:
     def has_next_committed(self) -> bool:
         return self.committed > self.applying
 
-    def mark_persisted(self, index: int) -> None:
-        """The shell wrote a Ready whose entries (or snapshot) end at `index`. Entries
-        replaced by a conflict since it was handed out stay unpersisted."""
-        self.persisted = max(self.persisted, min(index, self.unstable - 1))
+    def mark_persisted(self, index: int, term: int) -> None:
+        """The shell wrote a Ready whose entries (or snapshot) end at (index, term).
+        Entries replaced by a conflict since it was handed out stay unpersisted (as
+        etcd's stableTo: only if the log still holds that entry)."""
+        if self.term(index) == term:
+            self.persisted = max(self.persisted, min(index, self.unstable - 1))
 
     def mark_handed_out(self, applying: int) -> None:
         self.unstable = self.last_index + 1

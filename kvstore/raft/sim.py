@@ -325,7 +325,7 @@ class Cluster:
             while c.has_ready():
                 rd = c.ready()
                 prev = c.log.term(rd.entries[0].index - 1) if rd.entries else None
-                if self.early_send:
+                if self.early_send and self._term_vote_durable(node, rd):
                     # like kvstore/node.py: a leader's appends leave before its own write;
                     # a crash before the write loses the entries here, not in flight
                     early, rd.messages = rd.early_messages()
@@ -355,6 +355,15 @@ class Cluster:
                     self._finish_readies(node)
                 if node.pending:
                     self.slow[node.id] = node
+
+    @staticmethod
+    def _term_vote_durable(node: SimNode, rd: Ready) -> bool:
+        """As kvstore/node.py: early sends only when neither this Ready nor one still being
+        written changes the term or vote on disk."""
+        hs = node.hard_state
+        tv = (hs.term, hs.vote) if hs is not None else (0, None)
+        return all(r.hard_state is None or (r.hard_state.term, r.hard_state.vote) == tv
+                   for r in [*(p[1] for p in node.pending), rd])
 
     def _finish_readies(self, node: SimNode) -> None:
         while node.pending and node.pending[0][0] <= self.now and node.core is not None:

@@ -139,6 +139,11 @@ class Store:
         )
         self._staging = None if self.readonly else self._open_db(b"staging")
 
+    @property
+    def closed(self) -> bool:
+        """True once closed, or after a reopen (snapshot install) failed."""
+        return self._env.closed
+
     def _open_db(self, name: bytes) -> Any:
         try:
             return self._env.env.open_db(name, create=not self.readonly)
