@@ -35,23 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_resp import start_kvstore  # noqa: E402
+from bench_resp import cpu_seconds, start_kvstore  # noqa: E402
 
 from kvstore.local.client import Client  # noqa: E402
 
 VALUE = b"v" * 100
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def server_pids(pid: int) -> list[int]:

@@ -138,16 +138,10 @@ def start_redis(d: str) -> Target:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes so far (Linux /proc; 0 elsewhere)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    """User + system CPU time of these processes so far (Linux /proc; gone ones count 0)."""
+    from kvstore.bench.common import proc_cpu_s
+
+    return sum(proc_cpu_s(pid) or 0.0 for pid in pids)
 
 
 def server_pids(t: Target) -> list[int]:
