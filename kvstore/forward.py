@@ -119,16 +119,9 @@ class Forwarder:
 
     async def _propose_here(self, batch: list[_Item], deadline: float) -> None:
         timeout = max(0.01, deadline - asyncio.get_running_loop().time())
-        futs: list[asyncio.Future[tuple[sm.Result, int]] | Exception] = []
-        for cmd, _, _ in batch:  # all proposed now, in order
-            try:
-                futs.append(self.node.propose_future(cmd, timeout))
-            except Exception as e:
-                futs.append(e)
+        futs = self.node.propose_all([cmd for cmd, _, _ in batch], timeout)  # all now, in order
         for (_, fut, _), f in zip(batch, futs, strict=True):
             try:
-                if isinstance(f, Exception):
-                    raise f
                 res, _ = await f
             except Exception as e:
                 if not fut.done():

@@ -103,6 +103,21 @@ class WritePath:
         self._wake.set()
         return fut
 
+    def propose_all(self, cmds: list[sm.Command],
+                    timeout: float | None = None) -> list[asyncio.Future[tuple[sm.Result, int]]]:
+        """propose_future() of each command now, in order; one that cannot be proposed
+        gets a future that already holds its error."""
+        loop = asyncio.get_running_loop()
+        out: list[asyncio.Future[tuple[sm.Result, int]]] = []
+        for cmd in cmds:
+            try:
+                out.append(self.propose_future(cmd, timeout))
+            except Exception as e:
+                failed: asyncio.Future[tuple[sm.Result, int]] = loop.create_future()
+                failed.set_exception(e)
+                out.append(failed)
+        return out
+
     def _expire_waiters(self, now: float) -> None:
         """Fail the proposals whose time ran out (called on every tick)."""
         q, h = self._expiry, self._expiry_odd

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -84,18 +83,9 @@ class RaftService(pbg.RaftServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty command")
                 raise AssertionError
             cmds.append(cmd)
-        # Propose all of them now, in order; then wait for each.
-        futs: list[asyncio.Future[tuple[sm.Result, int]] | Exception] = []
-        for c in cmds:
-            try:
-                futs.append(self.node.propose_future(c))
-            except Exception as e:
-                futs.append(e)
         results = []
-        for t in futs:
+        for t in self.node.propose_all(cmds):  # all proposed now, in order; then wait for each
             try:
-                if isinstance(t, Exception):
-                    raise t
                 res, index = await t
                 results.append(pb.ProposeResult(status=pb.ProposeResult.APPLIED, result=sm.encode_result(res),
                                                 index=index))

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_resp import cpu_seconds, start_kvstore  # noqa: E402
 
+from kvstore.bench.common import machine_info  # noqa: E402
 from kvstore.local.client import Client  # noqa: E402
 
 VALUE = b"v" * 100
@@ -106,11 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     out: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "params": {k: v for k, v in vars(args).items() if k != "json"},
     }
     with tempfile.TemporaryDirectory(prefix="kvs-getscale-") as d:

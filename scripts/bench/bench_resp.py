@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
-import platform
 import shutil
 import signal
 import socket
@@ -40,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from kvstore.bench.common import machine_info, proc_cpu_s  # noqa: E402
 
 # -- our node, in a child process ----------------------------------------------------------
 
@@ -139,8 +138,6 @@ def start_redis(d: str) -> Target:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes so far (Linux /proc; gone ones count 0)."""
-    from kvstore.bench.common import proc_cpu_s
-
     return sum(proc_cpu_s(pid) or 0.0 for pid in pids)
 
 
@@ -283,11 +280,7 @@ def report(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
             print(row)
     out = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "params": {k: v for k, v in vars(args).items() if k != "json"},
         "note": "the shared-memory loop's ratio is against redis-py's GET loop on redis-server",
         "median": med,
