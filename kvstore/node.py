@@ -65,9 +65,12 @@ _SKIPPED_RESULT: Any = object()
 _SKIPPED: Any = (_SKIPPED_RESULT, [])
 
 
-def _apply_fn(cmd: sm.Command | None) -> Any:
-    if cmd is None:
+def _apply_fn(cmds: list[sm.Command] | None, batch: bool) -> Any:
+    if cmds is None:
         return _noop
+    if batch:
+        return lambda view: sm.apply_all(view, cmds)
+    cmd = cmds[0]
     return lambda view: sm.apply(view, cmd)
 
 
@@ -96,7 +99,9 @@ class Node(WritePath):
         self.timeout = cfg.raft.request_timeout_ms / 1000
         self._wake = asyncio.Event()
         self._leader_known = asyncio.Event()
-        self._waiters: dict[int, tuple[int, asyncio.Future[tuple[sm.Result, int]]]] = {}
+        self._waiters: dict[int, tuple[int, list[asyncio.Future[tuple[sm.Result, int]]]]] = {}
+        self._batch: list[tuple[bytes, asyncio.Future[tuple[sm.Result, int]]]] = []
+        self._batch_bytes = 0
         self._expiry: deque[Any] = deque()
         self._expiry_odd: list[Any] = []
         self._expiry_seq = itertools.count()
@@ -113,6 +118,7 @@ class Node(WritePath):
         if override:
             self.addresses.update(json.loads(override))
         self.snapshot_index = 0
+        self.applied_writes = 0  # commands applied since this process started (a batch holds many)
         self._metrics_server: Any = None
         self._vote_guard = False  # see procs.rejoining
         # Test-only: answer "linearizable" reads from local state. Exists so that a drill can
@@ -169,6 +175,7 @@ class Node(WritePath):
                  hs.term if hs else 0, self.applied, first, last, ",".join(self.core.conf_state.voters))
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._open_state()
         self.transport = Transport(self.name, self.cluster_id, self._address_of,
                                    on_unreachable=self._unreachable,
@@ -318,17 +325,18 @@ class Node(WritePath):
                     marker.write_text(f"{ss.leader} {self.core.term}\n")
             else:
                 self._leader_known.clear()
-        items: list[tuple[Entry, sm.Command | None]] = []
+        # (entry, its commands or None, whether a BATCH): see statemachine.py
+        items: list[tuple[Entry, list[sm.Command] | None, bool]] = []
         for e in rd.committed_entries:
-            cmd = None
+            cmds = None
             if e.type == EntryType.NORMAL:
                 try:
-                    cmd = sm.decode(e.data)
+                    cmds = sm.decode_entry(e.data)
                 except ValueError as err:
                     log.error("%s: entry %d (term %d) is not a command (%s); applied as a no-op", self.name,
                               e.index, e.term, err)
-            items.append((e, cmd))
-        keys = {k for _, c in items if c is not None for k in sm.keys_of(c)}
+            items.append((e, cmds, cmds is not None and e.data[0] == sm.OP_BATCH))
+        keys = {k for _, cs, _ in items if cs is not None for c in cs for k in sm.keys_of(c)}
         if keys:  # no reader may see an old value once LMDB has the new one
             self.cache.delete_many(keys)
         hs = rd.hard_state
@@ -349,7 +357,7 @@ class Node(WritePath):
                 self._io, self._persist, rd.snapshot,
                 [(e.index, convert.entry_blob(e)) for e in rd.entries],
                 convert.hard_state_blob(hs) if hs else None,
-                [(e.index, _apply_fn(c)) for e, c in items], must_sync)
+                [(e.index, _apply_fn(cs, b)) for e, cs, b in items], must_sync)
             if hs is not None:
                 self._synced_vote = (hs.term, hs.vote)
             self.metrics.fsync.observe(time.perf_counter() - t0)
@@ -436,8 +444,8 @@ class Node(WritePath):
 
         fut.add_done_callback(done)
 
-    def _after_apply(self, items: list[tuple[Entry, sm.Command | None]],
-                     outs: list[tuple[sm.Result, list[tuple[bytes, bytes | None]]]]) -> None:
+    def _after_apply(self, items: list[tuple[Entry, list[sm.Command] | None, bool]],
+                     outs: list[tuple[Any, list[tuple[bytes, bytes | None]]]]) -> None:
         latest: dict[bytes, bytes | None] = {}
         for out in outs:
             if out is not _SKIPPED:
@@ -445,21 +453,29 @@ class Node(WritePath):
         if latest:
             self.cache.put_many([(k, v) for k, v in latest.items() if v is not None])
         self.applied = max(self.applied, items[-1][0].index)
-        for (e, _), (res, _) in zip(items, outs, strict=True):
+        self.applied_writes += sum(len(cs) for _, cs, _ in items if cs)
+        for (e, _, batch), (res, _) in zip(items, outs, strict=True):
             if e.type == EntryType.CONF_CHANGE:
                 self._conf_applied(e)
             w = self._waiters.pop(e.index, None)
             if w is None:
                 continue
-            term, fut = w
-            if fut.done():
-                continue
-            if term == e.term and res is _SKIPPED_RESULT:
-                fut.set_exception(Unknown("applied through a snapshot; its result is unknown"))
-            elif term == e.term:
-                fut.set_result((res, e.index))
+            term, futs = w
+            if term != e.term:
+                err: Exception | None = TryAgain("leadership changed before the write committed")
+            elif res is _SKIPPED_RESULT:
+                err = Unknown("applied through a snapshot; its result is unknown")
             else:
-                fut.set_exception(TryAgain("leadership changed before the write committed"))
+                err = None
+                results = res if batch else [res]
+                if len(results) != len(futs):  # cannot happen: our own entry of that term
+                    err = Unknown(f"entry {e.index} holds {len(results)} writes, not {len(futs)}")
+            for i, fut in enumerate(futs):
+                if not fut.done():
+                    if err is None:
+                        fut.set_result((results[i], e.index))
+                    else:
+                        fut.set_exception(type(err)(str(err)))  # one each: raising adds a traceback
         self._wake_applied()
         self._maybe_compact()
 
@@ -565,7 +581,8 @@ class Node(WritePath):
         return {
             "name": self.name, "cluster_id": self.cluster_id, "role": self.core.role.status_name,
             "term": self.core.term, "leader": self.core.leader, "commit_index": self.core.commit,
-            "applied_index": self.applied, "last_index": self.core.last_index,
+            "applied_index": self.applied, "applied_writes": self.applied_writes,
+            "last_index": self.core.last_index,
             "snapshot_index": self.snapshot_index, "log_length": (last - first + 1) if last else 0,
             "voters": list(self.core.conf_state.voters), "learners": list(self.core.conf_state.learners),
             "socket": str(self.socket_path), "grpc": self.me.grpc_address,

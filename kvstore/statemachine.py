@@ -7,12 +7,16 @@ here, at apply time, so they are atomic across the cluster.
 
 Encoding (all integers big-endian):
 
-    byte 0      opcode: 1 SET, 2 DEL, 3 MSET
+    byte 0      opcode: 1 SET, 2 DEL, 3 MSET, 4 BATCH
     SET         flags u8 (1 NX, 2 XX, 4 GET), klen u32, key, vlen u32, value
     DEL         n u32, then n x (klen u32, key)
     MSET        n u32, then n x (klen u32, key, vlen u32, value)
+    BATCH       n u32, then n x (len u32, one encoded SET, DEL or MSET)
 
-An empty entry (the leader's no-op at the start of a term) decodes to None.
+A leader puts the writes that arrive together into one BATCH entry (writepath.py), so
+the Raft log, the AppendEntries messages and the fsyncs carry one entry per batch, not
+one per write; its commands apply in order, each with its own result. An empty entry
+(the leader's no-op at the start of a term) decodes to None.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 _U32 = struct.Struct(">I")
-OP_SET, OP_DEL, OP_MSET = 1, 2, 3
+OP_SET, OP_DEL, OP_MSET, OP_BATCH = 1, 2, 3, 4
 F_NX, F_XX, F_GET = 1, 2, 4
 
 
@@ -65,6 +69,7 @@ class SetResult:
 
 
 Result = SetResult | int | None  # Set -> SetResult, Delete -> count, MSet -> None
+SET_DONE = SetResult(True, None)  # the result of every plain SET
 
 
 def keys_of(cmd: Command) -> list[bytes]:
@@ -122,6 +127,61 @@ class _Reader:
         return bytes(b)
 
 
+def encode_batch(encoded: list[bytes]) -> bytes:
+    """One BATCH entry of already encoded commands (see the top of this file)."""
+    parts = [bytes((OP_BATCH,)), _U32.pack(len(encoded))]
+    for c in encoded:
+        parts += (_U32.pack(len(c)), c)
+    return b"".join(parts)
+
+
+_SET_HEAD = struct.Struct(">BBI")  # opcode, flags, klen
+
+
+def decode_entry(data: bytes) -> list[Command] | None:
+    """The commands of a log entry, in order: one, or a BATCH's; None for a no-op."""
+    if not data:
+        return None
+    if data[0] != OP_BATCH:
+        cmd = decode(data)
+        return None if cmd is None else [cmd]
+    n = len(data)
+    if n < 5:
+        raise ValueError("truncated command")
+    (count,) = _U32.unpack_from(data, 1)
+    out: list[Command] = []
+    pos = 5
+    u32 = _U32.unpack_from
+    for _ in range(count):
+        if pos + 4 > n:
+            raise ValueError("truncated command")
+        (size,) = u32(data, pos)
+        pos += 4
+        end = pos + size
+        if end > n:
+            raise ValueError("truncated command")
+        if size == 0:
+            raise ValueError("empty command in a batch")
+        if data[pos] == OP_SET and size >= 10:  # the common case, without a _Reader
+            _, flags, klen = _SET_HEAD.unpack_from(data, pos)
+            kend = pos + 6 + klen
+            if kend + 4 <= end:
+                (vlen,) = u32(data, kend)
+                if kend + 4 + vlen == end:
+                    out.append(Set(data[pos + 6 : kend], data[kend + 4 : end],
+                                   bool(flags & F_NX), bool(flags & F_XX), bool(flags & F_GET)))
+                    pos = end
+                    continue
+        cmd = decode(data[pos:end])
+        if cmd is None:
+            raise ValueError("empty command in a batch")
+        out.append(cmd)
+        pos = end
+    if pos != n:
+        raise ValueError("trailing bytes after command")
+    return out
+
+
 def decode(data: bytes) -> Command | None:
     if not data:
         return None
@@ -163,6 +223,23 @@ def apply(view: WriteView, cmd: Command) -> tuple[Result, list[tuple[bytes, byte
     for k, v in cmd.pairs:
         view.put(k, v)
     return None, list(dict(cmd.pairs).items())
+
+
+def apply_all(view: WriteView, cmds: list[Command]) -> tuple[list[Result], list[tuple[bytes, bytes | None]]]:
+    """Apply a batch's commands in order: each one's result, and all the changes."""
+    results: list[Result] = []
+    changes: list[tuple[bytes, bytes | None]] = []
+    put = view.put
+    for cmd in cmds:
+        if type(cmd) is Set and not (cmd.nx or cmd.xx or cmd.get):
+            put(cmd.key, cmd.value)
+            results.append(SET_DONE)
+            changes.append((cmd.key, cmd.value))
+        else:
+            res, ch = apply(view, cmd)
+            results.append(res)
+            changes += ch
+    return results, changes
 
 
 _U64 = struct.Struct(">Q")

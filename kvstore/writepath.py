@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 _COMMAND_NAMES = {sm.Set: "set", sm.Delete: "del", sm.MSet: "mset"}
 
 
-_Expiry = tuple[float, int, int, float, "asyncio.Future[tuple[sm.Result, int]]"]
+_Futures = list["asyncio.Future[tuple[sm.Result, int]]"]
+_Expiry = tuple[float, int, int, float, _Futures]
+# A batch is proposed once it holds this many writes or bytes, even mid-turn.
+MAX_BATCH = 1024
+MAX_BATCH_BYTES = 256 << 10
 
 
 def _outcome(e: BaseException) -> str:
@@ -44,7 +48,11 @@ class WritePath:
     metrics: NodeMetrics
     forwarder: Forwarder
     timeout: float
-    _waiters: dict[int, tuple[int, asyncio.Future[tuple[sm.Result, int]]]]
+    _loop: asyncio.AbstractEventLoop
+    # log index -> (term proposed in, the futures of the entry's writes, in order)
+    _waiters: dict[int, tuple[int, _Futures]]
+    _batch: list[tuple[bytes, asyncio.Future[tuple[sm.Result, int]]]]  # not yet proposed
+    _batch_bytes: int
     # (deadline, sequence, index, timeout, future) of _waiters, in order; _expiry_odd:
     # the same for other timeouts, a heap (the sequence number breaks ties)
     _expiry: deque[_Expiry]
@@ -73,41 +81,86 @@ class WritePath:
 
     def propose_future(self, cmd: sm.Command | ConfChange,
                        timeout: float | None = None) -> asyncio.Future[tuple[sm.Result, int]]:
-        """Propose on this node (the leader) now; the future resolves with (result, index)
+        """Propose on this node (the leader); the future resolves with (result, index)
         once applied here, or fails with TryAgain (leadership changed) or Unknown (not
-        applied in time: the ticker expires it). No Task or timer per write."""
-        try:
-            if isinstance(cmd, ConfChange):
+        applied in time: the ticker expires it). No Task or timer per write.
+
+        A command joins the batch that goes into the log at the end of this turn of the
+        event loop (or sooner, once the batch is full): the writes that arrive together
+        share one log entry (a BATCH, see statemachine.py). Proposals keep their order.
+        """
+        loop = self._loop
+        if isinstance(cmd, ConfChange):
+            self._flush_batch()
+            try:
                 idx = self.core.propose_conf_change(cmd)
-            else:
-                idx = self.core.propose(sm.encode(cmd))
-        except NotLeader as e:
-            raise TryAgain(f"{self.name} is not the leader") from e
-        except ProposalDropped as e:
-            raise TryAgain(f"proposal dropped: {e}") from e
-        self.metrics.proposals.inc()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[sm.Result, int]] = loop.create_future()
+            except NotLeader as e:
+                raise TryAgain(f"{self.name} is not the leader") from e
+            except ProposalDropped as e:
+                raise TryAgain(f"proposal dropped: {e}") from e
+            fut: asyncio.Future[tuple[sm.Result, int]] = loop.create_future()
+            self._track(idx, [fut], timeout or self.timeout)
+            return fut
+        if not self.core.is_leader:
+            raise TryAgain(f"{self.name} is not the leader")
+        data = sm.encode(cmd)
+        fut = loop.create_future()
+        if timeout is not None and timeout != self.timeout:  # rare: an entry of its own
+            self._flush_batch()
+            self._batch.append((data, fut))
+            self._flush_batch(timeout)
+            return fut
+        batch = self._batch
+        batch.append((data, fut))
+        self._batch_bytes += len(data)
+        if len(batch) == 1:
+            loop.call_soon(self._flush_batch)
+        elif len(batch) >= MAX_BATCH or self._batch_bytes >= MAX_BATCH_BYTES:
+            self._flush_batch()
+        return fut
+
+    def _flush_batch(self, timeout: float | None = None) -> None:
+        """Propose the batch of writes gathered so far as one log entry."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        self._batch_bytes = 0
+        futs = [f for _, f in batch]
+        data = batch[0][0] if len(batch) == 1 else sm.encode_batch([d for d, _ in batch])
+        try:
+            idx = self.core.propose(data)
+        except (NotLeader, ProposalDropped) as e:
+            msg = f"{self.name} is not the leader" if isinstance(e, NotLeader) else f"proposal dropped: {e}"
+            for f in futs:
+                if not f.done():
+                    f.set_exception(TryAgain(msg))
+            return
+        self.metrics.proposals.inc(len(futs))
+        self._track(idx, futs, timeout or self.timeout)
+
+    def _track(self, idx: int, futs: list[asyncio.Future[tuple[sm.Result, int]]], t: float) -> None:
+        """Wait for the entry at idx: its writes' futures, and their deadline."""
         old = self._waiters.get(idx)
-        if old is not None and not old[1].done():
+        if old is not None:
             # We lost leadership and won it back: the entry we proposed at idx before was
             # overwritten (else our log would be longer), so it never applied.
-            old[1].set_exception(TryAgain("leadership changed before the write committed"))
-        self._waiters[idx] = (self.core.term, fut)
-        t = timeout or self.timeout
-        item = (loop.time() + t, next(self._expiry_seq), idx, t, fut)
+            for f in old[1]:
+                if not f.done():
+                    f.set_exception(TryAgain("leadership changed before the write committed"))
+        self._waiters[idx] = (self.core.term, futs)
+        item = (self._loop.time() + t, next(self._expiry_seq), idx, t, futs)
         if t == self.timeout:  # deadlines in order: a queue will do
             self._expiry.append(item)
         else:
             heapq.heappush(self._expiry_odd, item)
         self._wake.set()
-        return fut
 
     def propose_all(self, cmds: list[sm.Command],
                     timeout: float | None = None) -> list[asyncio.Future[tuple[sm.Result, int]]]:
         """propose_future() of each command now, in order; one that cannot be proposed
         gets a future that already holds its error."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         out: list[asyncio.Future[tuple[sm.Result, int]]] = []
         for cmd in cmds:
             try:
@@ -126,13 +179,14 @@ class WritePath:
         while h and h[0][0] <= now:
             self._expire(*heapq.heappop(h))
 
-    def _expire(self, _: float, __: int, idx: int, t: float, fut: asyncio.Future[tuple[sm.Result, int]]) -> None:
-        if fut.done():
-            return
+    def _expire(self, _: float, __: int, idx: int, t: float,
+                futs: list[asyncio.Future[tuple[sm.Result, int]]]) -> None:
         w = self._waiters.get(idx)
-        if w is not None and w[1] is fut:
+        if w is not None and w[1] is futs:
             del self._waiters[idx]
-        fut.set_exception(Unknown(f"write at index {idx} not committed within {t:.1f}s"))
+        for fut in futs:
+            if not fut.done():
+                fut.set_exception(Unknown(f"write at index {idx} not committed within {t:.1f}s"))
 
     async def propose_as_leader(self, cmd: sm.Command | ConfChange,
                                 timeout: float | None = None) -> tuple[sm.Result, int]:
@@ -156,7 +210,7 @@ class WritePath:
         except Exception as e:
             count(name, _outcome(e))
             raise
-        out: asyncio.Future[sm.Result] = asyncio.get_running_loop().create_future()
+        out: asyncio.Future[sm.Result] = self._loop.create_future()
 
         def done(f: asyncio.Future[Any]) -> None:
             if f.cancelled():
@@ -185,7 +239,7 @@ class WritePath:
                 if self.core.is_leader:
                     raise
                 # lost leadership before proposing: forward instead
-        return self.forwarder.submit(cmd, asyncio.get_running_loop().time() + self.timeout), False
+        return self.forwarder.submit(cmd, self._loop.time() + self.timeout), False
 
     async def write(self, cmd: sm.Command) -> sm.Result:
         return await self.submit_write(cmd)

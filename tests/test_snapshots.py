@@ -26,10 +26,12 @@ def small_snapshots(cfg: ClusterConfig) -> ClusterConfig:
 
 
 def fill(d: Path, node: str, n: int, prefix: str = "k", size: int = 100) -> None:
-    with Client(str(d / node / "kv.sock"), timeout=30) as c:  # one SET each: one log entry each
-        for i in range(0, n, 100):
+    # A leader puts the writes that arrive together into one log entry: pipelines of 5
+    # make n / 5 entries, enough for the leader to compact (snapshot_entries above).
+    with Client(str(d / node / "kv.sock"), timeout=30) as c:
+        for i in range(0, n, 5):
             c.pipeline([(b"SET", f"{prefix}{j:06d}".encode(), (f"{j}-" * size)[:size].encode())
-                        for j in range(i, min(n, i + 100))])
+                        for j in range(i, min(n, i + 5))])
 
 
 def same_as_leader(d: Path, node: str) -> bool:

@@ -82,3 +82,34 @@ def test_mset_last_value_wins() -> None:
                                  sm.SetResult(True, b"old\x00value")])
 def test_result_round_trip(res: sm.Result) -> None:
     assert sm.decode_result(sm.encode_result(res)) == res
+
+
+@given(st.lists(commands, min_size=1, max_size=8))
+def test_a_batch_decodes_to_its_commands_and_refuses_any_cut(cmds: list[sm.Command]) -> None:
+    data = sm.encode_batch([sm.encode(c) for c in cmds])
+    assert sm.decode_entry(data) == cmds
+    for cut in range(1, len(data)):
+        with pytest.raises(ValueError):
+            sm.decode_entry(data[:cut])
+    with pytest.raises(ValueError, match="trailing"):
+        sm.decode_entry(data + b"\x00")
+
+
+def test_one_command_entry_and_noop_decode_as_before() -> None:
+    cmd = sm.Set(b"k", b"v")
+    assert sm.decode_entry(sm.encode(cmd)) == [cmd]
+    assert sm.decode_entry(b"") is None
+    with pytest.raises(ValueError, match="empty command"):
+        sm.decode_entry(sm.encode_batch([b""]))
+
+
+@given(st.lists(commands, min_size=1, max_size=8))
+def test_a_batch_applies_like_its_commands_one_by_one(cmds: list[sm.Command]) -> None:
+    one, many = DictView(), DictView()
+    expected, changes = [], []
+    for c in cmds:
+        r, ch = sm.apply(one, c)
+        expected.append(r)
+        changes += ch
+    assert sm.apply_all(many, cmds) == (expected, changes)
+    assert many.d == one.d

@@ -12,6 +12,7 @@ import pytest
 
 from kvstore import statemachine as sm
 from kvstore.errors import TryAgain, Unknown
+from kvstore.raft import NotLeader
 from kvstore.writepath import WritePath
 
 
@@ -19,8 +20,13 @@ class _Core:
     def __init__(self) -> None:
         self.term = 2
         self.index = 5
+        self.is_leader = True
+        self.proposed: list[bytes] = []
 
     def propose(self, data: bytes) -> int:
+        if not self.is_leader:
+            raise NotLeader(None)
+        self.proposed.append(data)
         return self.index
 
 
@@ -28,7 +34,10 @@ class _Leader(WritePath):
     def __init__(self) -> None:
         self.name = "n1"
         self.core: Any = _Core()
-        self.metrics: Any = SimpleNamespace(proposals=SimpleNamespace(inc=lambda: None))
+        self.metrics: Any = SimpleNamespace(proposals=SimpleNamespace(inc=lambda n=1: None))
+        self._loop = asyncio.get_running_loop()
+        self._batch = []
+        self._batch_bytes = 0
         self.timeout = 5.0
         self._waiters = {}
         self._expiry = deque()
@@ -44,12 +53,53 @@ def test_a_reused_index_fails_the_old_write_and_its_deadline_spares_the_new_one(
         # leadership lost and won back: the entry at 5 was overwritten, 5 is proposed again
         lead.core.term = 4
         second = lead.propose_future(sm.Set(b"k", b"2"))
+        await asyncio.sleep(0)  # the end of this turn of the loop: the batch is proposed
         assert isinstance(first.exception(), TryAgain)
         lead._expire_waiters(now + 2)  # the first write's deadline: the second must survive it
-        assert not second.done() and lead._waiters[5] == (4, second)
+        assert not second.done() and lead._waiters[5] == (4, [second])
         lead._expire_waiters(now + 6)
         with pytest.raises(Unknown, match="not committed within 5.0s"):
             second.result()
         assert 5 not in lead._waiters
+
+    asyncio.run(main())
+
+
+def test_writes_of_one_turn_share_one_entry_in_order_and_a_lost_leader_fails_them_all() -> None:
+    async def main() -> None:
+        lead = _Leader()
+        cmds = [sm.Set(b"a", b"1"), sm.Delete((b"a", b"b")), sm.Set(b"c", b"3", nx=True)]
+        futs = [lead.propose_future(c) for c in cmds]
+        assert lead.core.proposed == []  # not before the end of the turn
+        await asyncio.sleep(0)
+        [entry] = lead.core.proposed
+        assert entry[0] == sm.OP_BATCH and sm.decode_entry(entry) == cmds
+        assert lead._waiters[5] == (2, futs)
+        lone = lead.propose_future(sm.Set(b"x", b"y"))
+        await asyncio.sleep(0)
+        assert lead.core.proposed[-1] == sm.encode(sm.Set(b"x", b"y"))  # one write: no BATCH
+        assert not lone.done()
+        lead.core.is_leader = False
+        with pytest.raises(TryAgain):
+            lead.propose_future(sm.Set(b"k", b"v"))  # refused at once: the caller forwards it
+        lead.core.is_leader = True
+        queued = [lead.propose_future(sm.Set(b"k%d" % i, b"v")) for i in range(3)]
+        lead.core.is_leader = False  # lost before the end of the turn
+        await asyncio.sleep(0)
+        assert all(isinstance(f.exception(), TryAgain) for f in queued)
+
+    asyncio.run(main())
+
+
+def test_a_full_batch_is_proposed_at_once() -> None:
+    from kvstore.writepath import MAX_BATCH
+
+    async def main() -> None:
+        lead = _Leader()
+        for i in range(MAX_BATCH + 1):
+            lead.propose_future(sm.Set(b"k%d" % i, b"v"))
+        assert len(lead.core.proposed) == 1 and len(sm.decode_entry(lead.core.proposed[0]) or []) == MAX_BATCH
+        await asyncio.sleep(0)
+        assert len(lead.core.proposed) == 2
 
     asyncio.run(main())

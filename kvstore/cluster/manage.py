@@ -89,7 +89,8 @@ def node_status(data_dir: Path, cfg: ClusterConfig, node: NodeConfig, timeout: f
         ch.close()
     row.update(role=s.role, term=s.term, commit_index=s.commit_index, applied_index=s.applied_index,
                leader=s.leader or None, last_index=s.last_index, snapshot_index=s.snapshot_index,
-               log_length=s.log_length, voters=list(s.voters), learners=list(s.learners))
+               log_length=s.log_length, voters=list(s.voters), learners=list(s.learners),
+               applied_writes=s.applied_writes)
     if s.metrics:
         row["metrics"] = s.metrics
     return row

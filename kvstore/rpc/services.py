@@ -159,6 +159,7 @@ class AdminService(kvpbg.AdminServicer):
             commit_index=s["commit_index"], applied_index=s["applied_index"], last_index=s["last_index"],
             snapshot_index=s["snapshot_index"], log_length=s["log_length"], voters=s["voters"],
             learners=s["learners"], socket=s["socket"], grpc=s["grpc"], metrics=s["metrics"], pid=os.getpid(),
+            applied_writes=s["applied_writes"],
         )
 
     async def AddNode(self, request: kvpb.MemberRequest, context: grpc.aio.ServicerContext) -> kvpb.MemberResponse:

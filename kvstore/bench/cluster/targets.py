@@ -152,12 +152,13 @@ class Ours(Target):
         return next((n["socket"] for n in st["nodes"] if n["name"] == st["leader"]), None)
 
     def writes_applied(self) -> int:
-        """The leader's applied index: how many writes really took effect."""
+        """How many writes really took effect: the commands the nodes applied (a log
+        entry may hold a batch of them)."""
         from kvstore.cluster import manage
 
         assert self.dir is not None
         st = manage.status(self.dir)
-        return max(int(n.get("applied_index") or 0) for n in st["nodes"])
+        return max(int(n.get("applied_writes") or 0) for n in st["nodes"])
 
 
 class Redis(Target):

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvstore/v1/kv.proto\x12\nkvstore.v1\"G\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12,\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x17.kvstore.v1.Consistency\"+\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"c\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x11\n\tif_absent\x18\x03 \x01(\x08\x12\x12\n\nif_present\x18\x04 \x01(\x08\x12\x12\n\nreturn_old\x18\x05 \x01(\x08\"<\n\x0bPutResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07had_old\x18\x02 \x01(\x08\x12\x0b\n\x03old\x18\x03 \x01(\x0c\"\x1d\n\rDeleteRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"i\n\x0bScanRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12,\n\x0b\x63onsistency\x18\x04 \x01(\x0e\x32\x17.kvstore.v1.Consistency\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"A\n\x0cScanResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.kvstore.v1.KeyValue\x12\x0c\n\x04next\x18\x02 \x01(\x0c\"\x0f\n\rStatusRequest\"\xa9\x02\n\x0eStatusResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0e\n\x06leader\x18\x05 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x16\n\x0esnapshot_index\x18\t \x01(\x04\x12\x12\n\nlog_length\x18\n \x01(\x04\x12\x0e\n\x06voters\x18\x0b \x03(\t\x12\x10\n\x08learners\x18\x0c \x03(\t\x12\x0e\n\x06socket\x18\r \x01(\t\x12\x0c\n\x04grpc\x18\x0e \x01(\t\x12\x0f\n\x07metrics\x18\x0f \x01(\t\x12\x0b\n\x03pid\x18\x10 \x01(\x03\".\n\rMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"2\n\x0eMemberResponse\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\"\x1d\n\x0fTransferRequest\x12\n\n\x02to\x18\x01 \x01(\t\"\"\n\x10TransferResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t**\n\x0b\x43onsistency\x12\x10\n\x0cLINEARIZABLE\x10\x00\x12\t\n\x05LOCAL\x10\x01\x32\xf0\x01\n\x02KV\x12\x36\n\x03Get\x12\x16.kvstore.v1.GetRequest\x1a\x17.kvstore.v1.GetResponse\x12\x36\n\x03Put\x12\x16.kvstore.v1.PutRequest\x1a\x17.kvstore.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.kvstore.v1.DeleteRequest\x1a\x1a.kvstore.v1.DeleteResponse\x12\x39\n\x04Scan\x12\x17.kvstore.v1.ScanRequest\x1a\x18.kvstore.v1.ScanResponse2\x9c\x02\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\x12@\n\x07\x41\x64\x64Node\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x43\n\nRemoveNode\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12K\n\x0eTransferLeader\x12\x1b.kvstore.v1.TransferRequest\x1a\x1c.kvstore.v1.TransferResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvstore/v1/kv.proto\x12\nkvstore.v1\"G\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12,\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x17.kvstore.v1.Consistency\"+\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"c\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x11\n\tif_absent\x18\x03 \x01(\x08\x12\x12\n\nif_present\x18\x04 \x01(\x08\x12\x12\n\nreturn_old\x18\x05 \x01(\x08\"<\n\x0bPutResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07had_old\x18\x02 \x01(\x08\x12\x0b\n\x03old\x18\x03 \x01(\x0c\"\x1d\n\rDeleteRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"i\n\x0bScanRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12,\n\x0b\x63onsistency\x18\x04 \x01(\x0e\x32\x17.kvstore.v1.Consistency\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"A\n\x0cScanResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.kvstore.v1.KeyValue\x12\x0c\n\x04next\x18\x02 \x01(\x0c\"\x0f\n\rStatusRequest\"\xc1\x02\n\x0eStatusResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0e\n\x06leader\x18\x05 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x16\n\x0esnapshot_index\x18\t \x01(\x04\x12\x12\n\nlog_length\x18\n \x01(\x04\x12\x0e\n\x06voters\x18\x0b \x03(\t\x12\x10\n\x08learners\x18\x0c \x03(\t\x12\x0e\n\x06socket\x18\r \x01(\t\x12\x0c\n\x04grpc\x18\x0e \x01(\t\x12\x0f\n\x07metrics\x18\x0f \x01(\t\x12\x0b\n\x03pid\x18\x10 \x01(\x03\x12\x16\n\x0e\x61pplied_writes\x18\x11 \x01(\x04\".\n\rMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"2\n\x0eMemberResponse\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\"\x1d\n\x0fTransferRequest\x12\n\n\x02to\x18\x01 \x01(\t\"\"\n\x10TransferResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t**\n\x0b\x43onsistency\x12\x10\n\x0cLINEARIZABLE\x10\x00\x12\t\n\x05LOCAL\x10\x01\x32\xf0\x01\n\x02KV\x12\x36\n\x03Get\x12\x16.kvstore.v1.GetRequest\x1a\x17.kvstore.v1.GetResponse\x12\x36\n\x03Put\x12\x16.kvstore.v1.PutRequest\x1a\x17.kvstore.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.kvstore.v1.DeleteRequest\x1a\x1a.kvstore.v1.DeleteResponse\x12\x39\n\x04Scan\x12\x17.kvstore.v1.ScanRequest\x1a\x18.kvstore.v1.ScanResponse2\x9c\x02\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\x12@\n\x07\x41\x64\x64Node\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12\x43\n\nRemoveNode\x12\x19.kvstore.v1.MemberRequest\x1a\x1a.kvstore.v1.MemberResponse\x12K\n\x0eTransferLeader\x12\x1b.kvstore.v1.TransferRequest\x1a\x1c.kvstore.v1.TransferResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstore.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=1080
-  _globals['_CONSISTENCY']._serialized_end=1122
+  _globals['_CONSISTENCY']._serialized_start=1104
+  _globals['_CONSISTENCY']._serialized_end=1146
   _globals['_GETREQUEST']._serialized_start=35
   _globals['_GETREQUEST']._serialized_end=106
   _globals['_GETRESPONSE']._serialized_start=108
@@ -54,17 +54,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=596
   _globals['_STATUSREQUEST']._serialized_end=611
   _globals['_STATUSRESPONSE']._serialized_start=614
-  _globals['_STATUSRESPONSE']._serialized_end=911
-  _globals['_MEMBERREQUEST']._serialized_start=913
-  _globals['_MEMBERREQUEST']._serialized_end=959
-  _globals['_MEMBERRESPONSE']._serialized_start=961
-  _globals['_MEMBERRESPONSE']._serialized_end=1011
-  _globals['_TRANSFERREQUEST']._serialized_start=1013
-  _globals['_TRANSFERREQUEST']._serialized_end=1042
-  _globals['_TRANSFERRESPONSE']._serialized_start=1044
-  _globals['_TRANSFERRESPONSE']._serialized_end=1078
-  _globals['_KV']._serialized_start=1125
-  _globals['_KV']._serialized_end=1365
-  _globals['_ADMIN']._serialized_start=1368
-  _globals['_ADMIN']._serialized_end=1652
+  _globals['_STATUSRESPONSE']._serialized_end=935
+  _globals['_MEMBERREQUEST']._serialized_start=937
+  _globals['_MEMBERREQUEST']._serialized_end=983
+  _globals['_MEMBERRESPONSE']._serialized_start=985
+  _globals['_MEMBERRESPONSE']._serialized_end=1035
+  _globals['_TRANSFERREQUEST']._serialized_start=1037
+  _globals['_TRANSFERREQUEST']._serialized_end=1066
+  _globals['_TRANSFERRESPONSE']._serialized_start=1068
+  _globals['_TRANSFERRESPONSE']._serialized_end=1102
+  _globals['_KV']._serialized_start=1149
+  _globals['_KV']._serialized_end=1389
+  _globals['_ADMIN']._serialized_start=1392
+  _globals['_ADMIN']._serialized_end=1676
 # @@protoc_insertion_point(module_scope)

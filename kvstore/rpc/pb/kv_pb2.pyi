@@ -99,7 +99,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("name", "cluster_id", "role", "term", "leader", "commit_index", "applied_index", "last_index", "snapshot_index", "log_length", "voters", "learners", "socket", "grpc", "metrics", "pid")
+    __slots__ = ("name", "cluster_id", "role", "term", "leader", "commit_index", "applied_index", "last_index", "snapshot_index", "log_length", "voters", "learners", "socket", "grpc", "metrics", "pid", "applied_writes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class StatusResponse(_message.Message):
     GRPC_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_WRITES_FIELD_NUMBER: _ClassVar[int]
     name: str
     cluster_id: str
     role: str
@@ -132,7 +133,8 @@ class StatusResponse(_message.Message):
     grpc: str
     metrics: str
     pid: int
-    def __init__(self, name: _Optional[str] = ..., cluster_id: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., last_index: _Optional[int] = ..., snapshot_index: _Optional[int] = ..., log_length: _Optional[int] = ..., voters: _Optional[_Iterable[str]] = ..., learners: _Optional[_Iterable[str]] = ..., socket: _Optional[str] = ..., grpc: _Optional[str] = ..., metrics: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    applied_writes: int
+    def __init__(self, name: _Optional[str] = ..., cluster_id: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., last_index: _Optional[int] = ..., snapshot_index: _Optional[int] = ..., log_length: _Optional[int] = ..., voters: _Optional[_Iterable[str]] = ..., learners: _Optional[_Iterable[str]] = ..., socket: _Optional[str] = ..., grpc: _Optional[str] = ..., metrics: _Optional[str] = ..., pid: _Optional[int] = ..., applied_writes: _Optional[int] = ...) -> None: ...
 
 class MemberRequest(_message.Message):
     __slots__ = ("name", "address")
