@@ -36,6 +36,7 @@ Getter = Callable[[L.Buffer], "bytes | None"]
 class Reader(NamedTuple):
     get: Getter  # the memo, then the table
     peek: Getter  # the memo alone (None: not there, or no longer current)
+    peek_many: Callable[[list[bytes]], list[bytes | None]]  # peek of each key, in one loop
     lookup: Getter  # the table alone; a hit goes into the memo
     counters: Callable[[], dict[str, int]]  # this process's read counters
     release: Callable[[], None]  # lets go of the mapping (before mm.close())
@@ -189,8 +190,19 @@ def reader_parts(mm: mmap.mmap, geo: L.Geometry, verify: bool, memo_entries: int
             memo_pop(key, None)
         return None
 
+    def peek_many(keys: list[bytes]) -> list[bytes | None]:
+        """peek() of each key (bytes only), in one comprehension: no call per key. The
+        same rule as peek: a value only while its stripe version is the one memoised."""
+        nonlocal hits
+        vals = [e[2] if (e := memo_get(k)) is not None and words[e[0]] == e[1] else None for k in keys]
+        hits += len(vals) - vals.count(None)
+        return vals
+
     def no_memo(key: L.Buffer) -> bytes | None:
         return None
+
+    def no_memo_many(keys: list[bytes]) -> list[bytes | None]:
+        return [None] * len(keys)
 
     def counters() -> dict[str, int]:
         return {"hits": hits, "misses": misses, "torn_retries": torn, "memo_entries": len(memo)}
@@ -200,6 +212,6 @@ def reader_parts(mm: mmap.mmap, geo: L.Geometry, verify: bool, memo_entries: int
         words.release()
 
     if use_memo:
-        return Reader(get, peek, fill, counters, release)
+        return Reader(get, peek, peek_many, fill, counters, release)
     plain = checked_get if verify else table_get
-    return Reader(plain, no_memo, plain, counters, release)
+    return Reader(plain, no_memo, no_memo_many, plain, counters, release)

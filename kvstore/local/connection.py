@@ -12,6 +12,11 @@ of a batch that have a fast handler (GET, MGET, PING: fast.py) skip the queue an
 general dispatch altogether, and the cache misses among them are read from the store in
 one transaction. It answers exactly what the general path would; anything unusual (an
 error to report, a limit) is left to the general path, which runs it again from there.
+Hottest of all, a read of nothing but GETs (one, or a pipeline) is recognised whole
+without hiredis (framing.plain_gets) and answered by FastPath.gets with no call per
+request. Hot-path replies are written once the event loop has read every connection
+that was ready (RespServer.defer_write), as Redis does; anything else a connection
+writes, or closing it, first writes what is deferred, so replies keep their order.
 
 Backpressure: a connection stops being read while too many of its requests are queued,
 or while too many reply bytes wait for it to read; so a slow or hostile client costs
@@ -83,6 +88,11 @@ class Connection(asyncio.Protocol):
         # submit_write(cmd) -> Future: queue a write without a coroutine (implies ordered).
         self.submit = getattr(server.backend, "submit_write", None)
         self.barrier_free = bool(getattr(server.backend, "barrier_free", False))
+        # A read of plain GETs only, answered whole (see data_received).
+        self.recognise = self.fast.recognise
+        self.gets = self.fast.gets
+        self.outbox = server.outbox  # deferred writes (RespServer.defer_write), in order
+        self.defer_write = server.defer_write
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -121,6 +131,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.outbox:  # False below closes the transport: what it holds still goes out
+            self.server.flush_outbox()
         return self.busy or bool(self.queue)  # False: asyncio closes now
 
     def pause_writing(self) -> None:
@@ -135,6 +147,26 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.failed:
+            return
+        if (
+            self.gets is not None
+            and not (self.queue or self.busy or self.write_paused or self.parser.carry)
+            and (self.barrier_free or self.session.readonly)
+            and (keys := self.recognise(data)) is not None
+            and (reply := self.gets(keys, self.session.proto)) is not None
+        ):
+            # The hottest path: a read of nothing but GETs (a pipeline of them, or one),
+            # recognised and answered whole: no request lists, no call per request.
+            n = len(keys)
+            self.received += n
+            self.stats["total_commands_processed"] += n
+            self.session.last_cmd = b"GET"
+            t = self.transport
+            if t is not None and not t.is_closing():
+                self.defer_write(t, reply)
+            self.queued_bytes = 0
+            if self.eof or self.read_paused:
+                self._finish()
             return
         frames: list[Any] = []
         try:
@@ -157,7 +189,7 @@ class Connection(asyncio.Protocol):
             return self._queue(data, frames, None, out)
         t = self.transport
         if t is not None and not t.is_closing():
-            t.write(out[0] if n == 1 else b"".join(out))
+            self.defer_write(t, out[0] if n == 1 else b"".join(out))
         self.queued_bytes = 0
         if self.eof or self.read_paused:
             self._finish()
@@ -360,6 +392,8 @@ class Connection(asyncio.Protocol):
         """The queue is empty (or the connection is done)."""
         self.queued_bytes = 0
         if (self.closing or (self.eof and not self.queue)) and self.transport is not None:
+            if self.outbox:
+                self.server.flush_outbox()
             self.transport.close()
         elif self.read_paused:
             self._update_reading()
@@ -461,6 +495,8 @@ class Connection(asyncio.Protocol):
     def _flush(self, out: list[bytes]) -> int:
         t = self.transport
         if t is not None and not t.is_closing():
+            if self.outbox:
+                self.server.flush_outbox()
             t.write(b"".join(out) if len(out) > 1 else out[0])
         out.clear()
         return 0

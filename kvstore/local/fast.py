@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvstore.local.cmdbase import FastHandler
+from kvstore.local.framing import plain_gets
 from kvstore.local.resp import NULL3, PONG, QUEUED_NULL2, Limits
 
 PENDING = b""  # the placeholder reply of a GET that missed the cache (no reply is empty)
@@ -35,6 +36,19 @@ MAX_PENDING = 16
 # half of `b"$%d\r\n%s\r\n" % (n, v)`.
 _HEAD = [b"$%d\r\n" % n for n in range(1024)]
 _CRLF = b"\r\n"
+# Reply bytes a batch of GETs answered at once may gather (see FastPath.gets); the
+# connection writes at most about this much before it looks at its client again.
+MAX_BATCH_REPLY = 256 << 10
+
+
+class _Heads(dict[int, bytes]):
+    """Bulk-string header of a value of length n, made once for short values."""
+
+    def __missing__(self, n: int) -> bytes:
+        return b"$%d\r\n" % n
+
+
+_HEADS = _Heads(enumerate(_HEAD))
 
 
 def bulk(v: bytes) -> bytes:
@@ -67,10 +81,28 @@ def memo_first(cache: Any) -> tuple[Callable[[bytes], bytes | None], Callable[[S
     found there (the ones worth caching), or None for all of them. A cache without a
     memo (no `peek`/`lookup`) is always read whole.
     """
+    get, _, real_misses = memo_reads(cache)
+    return get, real_misses
+
+
+def memo_reads(
+    cache: Any,
+) -> tuple[
+    Callable[[bytes], bytes | None],
+    Callable[[list[bytes]], list[bytes | None]],
+    Callable[[Sequence[bytes]], Any],
+]:
+    """(cache_get, cache_get_many, real_misses): memo_first's, plus cache_get of each of
+    a list of keys at once (the memo read in one loop, `peek_many`), with the same
+    policy and counts."""
     peek = getattr(cache, "peek", None)
     lookup = getattr(cache, "lookup", None)
     if peek is None or lookup is None:
-        return cache.get, lambda keys: None  # type: ignore[no-any-return]
+        whole = cache.get
+        return whole, lambda keys: list(map(whole, keys)), lambda keys: None
+    peek_many = getattr(cache, "peek_many", None)
+    if peek_many is None:
+        peek_many = lambda keys: list(map(peek, keys))  # noqa: E731
     use_table = True
     seen = memo_hits = probes = low = 0
     probed: set[bytes] = set()  # probes that missed, while the table is skipped
@@ -96,6 +128,35 @@ def memo_first(cache: Any) -> tuple[Callable[[bytes], bytes | None], Callable[[S
             seen = memo_hits = 0
         return v  # type: ignore[no-any-return]
 
+    def cache_get_many(keys: list[bytes]) -> list[bytes | None]:
+        nonlocal use_table, seen, memo_hits, probes, low
+        vals: list[bytes | None] = peek_many(keys)
+        n = len(vals)
+        missed = vals.count(None)
+        memo_hits += n - missed
+        if not missed:
+            pass
+        elif use_table:
+            vals = [lookup(k) if v is None else v for k, v in zip(keys, vals, strict=True)]
+        elif probes + missed < PROBE:
+            probes += missed
+        else:
+            for i, v in enumerate(vals):
+                if v is None:
+                    probes += 1
+                    if probes >= PROBE:
+                        probes = 0
+                        k = keys[i]
+                        vals[i] = v = lookup(k)
+                        if v is None and len(probed) < 1024:
+                            probed.add(k)
+        seen += n
+        if seen >= WINDOW:
+            low = 0 if memo_hits * 2 >= seen else low + 1
+            use_table = low < LOW
+            seen = memo_hits = 0
+        return vals
+
     def real_misses(keys: Sequence[bytes]) -> Any:
         if use_table and not probed:
             return None
@@ -103,7 +164,7 @@ def memo_first(cache: Any) -> tuple[Callable[[bytes], bytes | None], Callable[[S
         probed.clear()
         return found
 
-    return cache_get, real_misses
+    return cache_get, cache_get_many, real_misses
 
 
 class FastPath:
@@ -115,6 +176,11 @@ class FastPath:
         backend_get: Callable[[bytes], bytes | None] = backend.get
         uncached: Callable[[list[bytes]], list[bytes | None]] | None = getattr(backend, "get_uncached", None)
         cache_get: Callable[[bytes], bytes | None] | None = getattr(backend, "cache_get", None)
+        cache_many: Callable[[list[bytes]], list[bytes | None]] | None = getattr(
+            backend, "cache_get_many", None
+        )
+        if cache_many is None and cache_get is not None:
+            cache_many = lambda keys: list(map(cache_get, keys))  # noqa: E731
         self.get_uncached = uncached
         self.pending: list[bytes] = []  # keys of this batch's GETs that missed the cache
         pending = self.pending
@@ -181,6 +247,48 @@ class FastPath:
             nil = NULL3 if proto == 3 else QUEUED_NULL2
             return b"*%d\r\n" % (n - 1) + b"".join([nil if v is None else bulk(v) for v in values])
 
+        heads = _HEADS
+
+        def gets(keys: list[bytes], proto: int) -> bytes | None:
+            """The replies of `GET k` for each of keys (all within the key limits), in one
+            bytes; None when they would exceed MAX_BATCH_REPLY bytes or the store read
+            failed (the connection then takes these requests the general way, which
+            reads them again and answers any error). Loops without a call per key where
+            it can: the memo in one comprehension, the cache misses in one store read
+            per MAX_PENDING of them."""
+            if len(keys) == 1:  # one GET (a client that waits for each reply): no loops
+                v = cache_get(keys[0]) if cache_get is not None else None
+                if v is None:
+                    try:
+                        v = uncached(keys)[0]  # type: ignore[misc]
+                    except Exception:
+                        return None
+                    if v is None:
+                        return NULL3 if proto == 3 else QUEUED_NULL2
+                n = len(v)
+                if n < 1024:
+                    return head[n] + v + crlf
+                return b"$%d\r\n%s\r\n" % (n, v) if n <= MAX_BATCH_REPLY else None
+            vals = cache_many(keys) if cache_many is not None else [None] * len(keys)
+            if None in vals:
+                missed = [i for i, v in enumerate(vals) if v is None]
+                try:
+                    for lo in range(0, len(missed), MAX_PENDING):
+                        if lo and sum(map(len, filter(None, vals))) > MAX_BATCH_REPLY:
+                            return None
+                        part = missed[lo : lo + MAX_PENDING]
+                        for i, v in zip(part, uncached([keys[i] for i in part]), strict=True):  # type: ignore[misc]
+                            vals[i] = v
+                except Exception:
+                    return None
+            if sum(map(len, filter(None, vals))) > MAX_BATCH_REPLY:
+                return None
+            nil = NULL3 if proto == 3 else QUEUED_NULL2
+            return b"".join([nil if v is None else heads[len(v)] + v + crlf for v in vals])
+
+        # Only over a store that reads a batch's misses at once (the others: fast handlers).
+        self.gets: Callable[[list[bytes], int], bytes | None] | None = gets if uncached is not None else None
+        self.recognise = plain_gets(max_key)
         get = get_each if uncached is None else get_batched if cache_get is None else get_cached
         self.sync: dict[bytes, FastHandler] = {}
         self.reads: dict[bytes, FastHandler] = {}

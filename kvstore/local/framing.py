@@ -12,6 +12,7 @@ ends inside a request; only then, and for rare suspicious array headers, does
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -26,6 +27,80 @@ _SUSPECT = re.compile(rb"\*[1-9][0-9]{6}")
 # tenth of the node's CPU per unpipelined GET). Canonical encoding only (no leading
 # zero in the length): anything else goes to hiredis as before.
 _ONE_GET = re.compile(rb"\*2\r\n\$3\r\n(GET|get)\r\n\$([1-9][0-9]{0,2})\r\n(.*)\r\n\Z", re.DOTALL)
+
+
+_GET_HEAD = b"*2\r\n$3\r\nGET\r\n$"  # a GET request up to its key's length
+_GET_HEAD_LOWER = b"*2\r\n$3\r\nget\r\n$"
+_GET_KEYLEN = len(_GET_HEAD)
+_FIXED_PATTERNS = 64  # key lengths with a findall pattern of their own, at most
+
+
+def plain_gets(max_key: int) -> Callable[[bytes], list[bytes] | None]:
+    """A recogniser of reads that hold nothing but whole `GET key` requests (GET or get,
+    canonical encoding, keys of 1..max_key bytes): what redis-benchmark and any client
+    that pipelines reads sends. recognise(data) -> the keys in order, or None: anything
+    else (another command, a cut request, a bad length), which hiredis parses.
+
+    Every loop runs in C. The first request's key length L gives the size of a request;
+    one request is checked by hand; more, when all have L-byte keys (redis-benchmark's,
+    and most pipelines of one kind of key), by one `findall` of a pattern made for L:
+    matches that do not overlap and add up to the whole read cover it exactly. Keys of
+    mixed lengths: one split at CRLF, and the pieces must come in fives that say
+    `*2`, `$3`, `GET`, `$<len>`, `<key>` (a key holding CRLF fails the length compare,
+    and hiredis takes that read).
+    """
+    # lens[n]: the length line of an n-byte key; n = 0 never matches (an empty key is an
+    # error reply), n > max_key is an IndexError (over the limit: an error reply too).
+    lens = [b"$%d" % n for n in range(max_key + 1)]
+    lens[0] = b"-"
+    length_line = lens.__getitem__
+    length_of = {b"%d" % n: n for n in range(1, max_key + 1)}.get  # canonical digits only
+    digits_end = _GET_KEYLEN + len(str(max_key)) + 2
+    patterns: dict[int, Callable[[bytes], list[bytes]]] = {}
+
+    def mixed(data: bytes) -> list[bytes] | None:
+        p = data.split(CRLF)
+        if p.pop() or len(p) % 5 or not p:
+            return None
+        n = len(p) // 5
+        keys = p[4::5]
+        try:
+            if (
+                p[0::5].count(b"*2") == n
+                and p[1::5].count(b"$3") == n
+                and p[3::5] == list(map(length_line, map(len, keys)))
+            ):
+                names = p[2::5]
+                if (g := names.count(b"GET")) == n or g + names.count(b"get") == n:
+                    return keys
+        except IndexError:
+            pass
+        return None
+
+    def recognise(data: bytes) -> list[bytes] | None:
+        if not (data.startswith(_GET_HEAD) or data.startswith(_GET_HEAD_LOWER)):
+            return None
+        e = data.find(CRLF, _GET_KEYLEN, digits_end)
+        if e < 0 or (size := length_of(data[_GET_KEYLEN:e])) is None:
+            return None
+        end = e + size + 4  # one request's bytes
+        if end == len(data):
+            return [data[e + 2 : -2]] if data.endswith(CRLF) else None
+        if end > len(data):
+            return None
+        findall = patterns.get(size)
+        if findall is None:
+            if len(patterns) >= _FIXED_PATTERNS:
+                return mixed(data)
+            findall = patterns[size] = re.compile(
+                rb"\*2\r\n\$3\r\n(?:GET|get)\r\n\$%d\r\n(.{%d})\r\n" % (size, size), re.DOTALL
+            ).findall
+        keys = findall(data)
+        if len(keys) * end == len(data):
+            return keys
+        return mixed(data)
+
+    return recognise
 
 
 class RequestParser:

@@ -33,7 +33,7 @@ from kvstore.errors import KVError, Unavailable
 from kvstore.local.aclient import AsyncClient
 from kvstore.local.backend import Backend
 from kvstore.local.clientcore import RetryPolicy
-from kvstore.local.fast import memo_first
+from kvstore.local.fast import memo_reads
 from kvstore.local.resp import Limits
 from kvstore.local.server import RespServer
 from kvstore.statemachine import Command, Result
@@ -71,7 +71,9 @@ class ForwardingBackend:
         # For the RESP server's fast path (kvstore/local/fast.py): the cache alone (its
         # memo first, its table while that pays), and the store for the keys it missed,
         # in one read transaction.
-        self.cache_get = memo_first(cache)[0] if cache is not None else None
+        self.cache_get = self.cache_get_many = None
+        if cache is not None:
+            self.cache_get, self.cache_get_many, _ = memo_reads(cache)
         self.get_uncached = store.get_many
 
     async def write(self, cmd: Command) -> Result:
