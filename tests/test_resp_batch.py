@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from test_resp_fastpath import Barriers, CountingStore, fill, pack, raw_exchange
 
 from kvstore.cache import ShmCache
-from kvstore.local.fast import memo_reads
+from kvstore.local.fast import bulk, memo_reads
 from kvstore.local.framing import plain_gets
 from kvstore.local.single import SingleNodeBackend
 from kvstore.local.testing import DictCache, ServerThread
@@ -193,20 +193,22 @@ def test_a_large_batch_goes_the_general_way(servers: tuple[ServerThread, ServerT
     assert len(raw_exchange(fast.path, pack(b"GET", b"big") * 8)) > 8 * 70_000
 
 
-def test_cache_get_many_is_cache_get_of_each(servers: Any) -> None:
+def test_cache_replies_are_cache_get_of_each_as_replies() -> None:
     name = f"/kvs-fm-{uuid.uuid4().hex[:10]}"
     c = ShmCache.create(name, size_bytes=1 << 20, memo_entries=8)
     try:
         keys = [b"m%02d" % i for i in range(20)]
         c.put_many([(k, b"v" + k) for k in keys[:15]])
-        get, get_many, _ = memo_reads(c)
+        get, replies, _ = memo_reads(c)
         for _ in range(3):
-            assert get_many(keys) == [b"v" + k if i < 15 else None for i, k in enumerate(keys)]
-        assert get_many(keys[:4]) == [get(k) for k in keys[:4]]
+            assert replies(keys) == [bulk(b"v" + k) if i < 15 else None for i, k in enumerate(keys)]
+        assert replies(keys[:4]) == [bulk(v) for v in map(get, keys[:4]) if v is not None]
         c.put(keys[0], b"new")  # the memo's copy is no longer current
         c.delete(keys[1])
-        assert get_many(keys[:3]) == [b"new", None, b"v" + keys[2]]
-        assert c.peek_many([keys[0], b"nope"]) in ([b"new", None], [None, None])
+        assert replies(keys[:3]) == [b"$3\r\nnew\r\n", None, bulk(b"v" + keys[2])]
+        assert c.peek_framed([keys[0], b"nope"]) in ([b"$3\r\nnew\r\n", None], [None, None])
+        c.put(keys[0], b"x" * 2000)
+        assert replies(keys[:1]) == [b"$2000\r\n" + b"x" * 2000 + b"\r\n"]
     finally:
         c.close()
         c.unlink()

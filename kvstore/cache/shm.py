@@ -108,7 +108,7 @@ class ShmCache:
     # Set per instance: closures, for speed (see reader.py).
     get: Callable[[Buffer], bytes | None]  # this process's memo, then the table
     peek: Callable[[Buffer], bytes | None]  # the memo alone: no look at the table
-    peek_many: Callable[[list[bytes]], list[bytes | None]]  # peek of each key, in one loop
+    peek_framed: Callable[[list[bytes]], list[bytes | None]]  # peek of each key, as RESP bulk strings
     lookup: Callable[[Buffer], bytes | None]  # the table alone (a hit is memoised)
 
     def __init__(
@@ -143,7 +143,7 @@ class ShmCache:
         self._closed = False
         r = reader_parts(mm, geo, self.verify_reads, memo_entries, memo_bytes)
         self.get, self.peek, self.lookup = r.get, r.peek, r.lookup
-        self.peek_many = r.peek_many
+        self.peek_framed = r.peek_framed
         self._read_counters, self._release_reader = r.counters, r.release
 
     # ---------------------------------------------------------------- opening and closing
@@ -312,7 +312,7 @@ class ShmCache:
             return
         self._closed = True
         self.get = self.peek = self.lookup = _closed_get
-        self.peek_many = _closed_many
+        self.peek_framed = _closed_many
         self._release_reader()
         self._mm.close()
         self._shm.close_fd()

@@ -41,16 +41,6 @@ _CRLF = b"\r\n"
 MAX_BATCH_REPLY = 256 << 10
 
 
-class _Heads(dict[int, bytes]):
-    """Bulk-string header of a value of length n, made once for short values."""
-
-    def __missing__(self, n: int) -> bytes:
-        return b"$%d\r\n" % n
-
-
-_HEADS = _Heads(enumerate(_HEAD))
-
-
 def bulk(v: bytes) -> bytes:
     n = len(v)
     if n < 1024:
@@ -92,17 +82,22 @@ def memo_reads(
     Callable[[list[bytes]], list[bytes | None]],
     Callable[[Sequence[bytes]], Any],
 ]:
-    """(cache_get, cache_get_many, real_misses): memo_first's, plus cache_get of each of
-    a list of keys at once (the memo read in one loop, `peek_many`), with the same
-    policy and counts."""
+    """(cache_get, cache_replies, real_misses): memo_first's, plus cache_replies(keys):
+    what cache_get would answer for each key, but as RESP bulk-string replies (None:
+    read the store), with the same policy and counts: the memo in one comprehension
+    (ShmCache.peek_framed, which keeps replies ready), the rest one by one."""
     peek = getattr(cache, "peek", None)
     lookup = getattr(cache, "lookup", None)
     if peek is None or lookup is None:
         whole = cache.get
-        return whole, lambda keys: list(map(whole, keys)), lambda keys: None
-    peek_many = getattr(cache, "peek_many", None)
-    if peek_many is None:
-        peek_many = lambda keys: list(map(peek, keys))  # noqa: E731
+        return (
+            whole,
+            lambda keys: [None if v is None else bulk(v) for v in map(whole, keys)],
+            lambda keys: None,
+        )
+    peek_framed = getattr(cache, "peek_framed", None)
+    if peek_framed is None:
+        peek_framed = lambda keys: [None if v is None else bulk(v) for v in map(peek, keys)]  # noqa: E731
     use_table = True
     seen = memo_hits = probes = low = 0
     probed: set[bytes] = set()  # probes that missed, while the table is skipped
@@ -128,34 +123,38 @@ def memo_reads(
             seen = memo_hits = 0
         return v  # type: ignore[no-any-return]
 
-    def cache_get_many(keys: list[bytes]) -> list[bytes | None]:
+    def cache_replies(keys: list[bytes]) -> list[bytes | None]:
         nonlocal use_table, seen, memo_hits, probes, low
-        vals: list[bytes | None] = peek_many(keys)
-        n = len(vals)
-        missed = vals.count(None)
+        out: list[bytes | None] = peek_framed(keys)
+        n = len(out)
+        missed = out.count(None)
         memo_hits += n - missed
         if not missed:
             pass
         elif use_table:
-            vals = [lookup(k) if v is None else v for k, v in zip(keys, vals, strict=True)]
+            for i, r in enumerate(out):
+                if r is None and (v := lookup(keys[i])) is not None:
+                    out[i] = bulk(v)
         elif probes + missed < PROBE:
             probes += missed
         else:
-            for i, v in enumerate(vals):
-                if v is None:
+            for i, r in enumerate(out):
+                if r is None:
                     probes += 1
                     if probes >= PROBE:
                         probes = 0
                         k = keys[i]
-                        vals[i] = v = lookup(k)
-                        if v is None and len(probed) < 1024:
+                        v = lookup(k)
+                        if v is not None:
+                            out[i] = bulk(v)
+                        elif len(probed) < 1024:
                             probed.add(k)
         seen += n
         if seen >= WINDOW:
             low = 0 if memo_hits * 2 >= seen else low + 1
             use_table = low < LOW
             seen = memo_hits = 0
-        return vals
+        return out
 
     def real_misses(keys: Sequence[bytes]) -> Any:
         if use_table and not probed:
@@ -164,7 +163,7 @@ def memo_reads(
         probed.clear()
         return found
 
-    return cache_get, cache_get_many, real_misses
+    return cache_get, cache_replies, real_misses
 
 
 class FastPath:
@@ -176,11 +175,12 @@ class FastPath:
         backend_get: Callable[[bytes], bytes | None] = backend.get
         uncached: Callable[[list[bytes]], list[bytes | None]] | None = getattr(backend, "get_uncached", None)
         cache_get: Callable[[bytes], bytes | None] | None = getattr(backend, "cache_get", None)
-        cache_many: Callable[[list[bytes]], list[bytes | None]] | None = getattr(
-            backend, "cache_get_many", None
+        # cache_replies(keys): cache_get of each key as a bulk-string reply (None: a miss)
+        cache_replies: Callable[[list[bytes]], list[bytes | None]] | None = getattr(
+            backend, "cache_replies", None
         )
-        if cache_many is None and cache_get is not None:
-            cache_many = lambda keys: list(map(cache_get, keys))  # noqa: E731
+        if cache_replies is None and cache_get is not None:
+            cache_replies = lambda keys: [None if v is None else bulk(v) for v in map(cache_get, keys)]  # noqa: E731
         self.get_uncached = uncached
         self.pending: list[bytes] = []  # keys of this batch's GETs that missed the cache
         pending = self.pending
@@ -247,8 +247,6 @@ class FastPath:
             nil = NULL3 if proto == 3 else QUEUED_NULL2
             return b"*%d\r\n" % (n - 1) + b"".join([nil if v is None else bulk(v) for v in values])
 
-        heads = _HEADS
-
         def gets(keys: list[bytes], proto: int) -> bytes | None:
             """The replies of `GET k` for each of keys (all within the key limits), in one
             bytes; None when they would exceed MAX_BATCH_REPLY bytes or the store read
@@ -269,22 +267,21 @@ class FastPath:
                 if n < 1024:
                     return head[n] + v + crlf
                 return b"$%d\r\n%s\r\n" % (n, v) if n <= MAX_BATCH_REPLY else None
-            vals = cache_many(keys) if cache_many is not None else [None] * len(keys)
-            if None in vals:
-                missed = [i for i, v in enumerate(vals) if v is None]
+            out: list[bytes | None] = cache_replies(keys) if cache_replies is not None else [None] * len(keys)
+            if None in out:
+                nil = NULL3 if proto == 3 else QUEUED_NULL2
+                missed = [i for i, r in enumerate(out) if r is None]
                 try:
                     for lo in range(0, len(missed), MAX_PENDING):
-                        if lo and sum(map(len, filter(None, vals))) > MAX_BATCH_REPLY:
+                        if lo and sum(map(len, filter(None, out))) > MAX_BATCH_REPLY:
                             return None
                         part = missed[lo : lo + MAX_PENDING]
                         for i, v in zip(part, uncached([keys[i] for i in part]), strict=True):  # type: ignore[misc]
-                            vals[i] = v
+                            out[i] = nil if v is None else bulk(v)
                 except Exception:
                     return None
-            if sum(map(len, filter(None, vals))) > MAX_BATCH_REPLY:
-                return None
-            nil = NULL3 if proto == 3 else QUEUED_NULL2
-            return b"".join([nil if v is None else heads[len(v)] + v + crlf for v in vals])
+            reply = b"".join(out)  # type: ignore[arg-type]
+            return reply if len(reply) <= MAX_BATCH_REPLY else None
 
         # Only over a store that reads a batch's misses at once (the others: fast handlers).
         self.gets: Callable[[list[bytes], int], bytes | None] | None = gets if uncached is not None else None

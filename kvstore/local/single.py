@@ -98,10 +98,10 @@ class SingleNodeBackend:
         # (its memo first, its table while that pays), and the store for the keys it
         # missed, in one read transaction.
         self.cache_get: Callable[[bytes], bytes | None] | None = None
-        self.cache_get_many: Callable[[list[bytes]], list[bytes | None]] | None = None
+        self.cache_replies: Callable[[list[bytes]], list[bytes | None]] | None = None
         self._real_misses: Callable[[Sequence[bytes]], Any] = lambda keys: None
         if cache is not None:
-            self.cache_get, self.cache_get_many, self._real_misses = memo_reads(cache)
+            self.cache_get, self.cache_replies, self._real_misses = memo_reads(cache)
         self._get_many: Callable[[Sequence[bytes]], list[bytes | None]] = getattr(
             store, "get_many", lambda keys: [store.get(k) for k in keys]
         )

@@ -71,9 +71,9 @@ class ForwardingBackend:
         # For the RESP server's fast path (kvstore/local/fast.py): the cache alone (its
         # memo first, its table while that pays), and the store for the keys it missed,
         # in one read transaction.
-        self.cache_get = self.cache_get_many = None
+        self.cache_get = self.cache_replies = None
         if cache is not None:
-            self.cache_get, self.cache_get_many, _ = memo_reads(cache)
+            self.cache_get, self.cache_replies, _ = memo_reads(cache)
         self.get_uncached = store.get_many
 
     async def write(self, cmd: Command) -> Result:
