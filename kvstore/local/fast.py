@@ -268,16 +268,29 @@ class FastPath:
                     return head[n] + v + crlf
                 return b"$%d\r\n%s\r\n" % (n, v) if n <= MAX_BATCH_REPLY else None
             out: list[bytes | None] = cache_replies(keys) if cache_replies is not None else [None] * len(keys)
-            if None in out:
+            missed = out.count(None)
+            if missed:
                 nil = NULL3 if proto == 3 else QUEUED_NULL2
-                missed = [i for i, r in enumerate(out) if r is None]
                 try:
-                    for lo in range(0, len(missed), MAX_PENDING):
-                        if lo and sum(map(len, filter(None, out))) > MAX_BATCH_REPLY:
-                            return None
-                        part = missed[lo : lo + MAX_PENDING]
-                        for i, v in zip(part, uncached([keys[i] for i in part]), strict=True):  # type: ignore[misc]
-                            out[i] = nil if v is None else bulk(v)
+                    if missed == len(out) <= MAX_PENDING:  # all missed (many keys, few cached)
+                        out = [
+                            nil if v is None else head[n] + v + crlf if (n := len(v)) < 1024 else bulk(v)
+                            for v in uncached(keys)  # type: ignore[misc]
+                        ]
+                    else:
+                        where = [i for i, r in enumerate(out) if r is None]
+                        for lo in range(0, missed, MAX_PENDING):
+                            if lo and sum(map(len, filter(None, out))) > MAX_BATCH_REPLY:
+                                return None
+                            part = where[lo : lo + MAX_PENDING]
+                            for i, v in zip(part, uncached([keys[i] for i in part]), strict=True):  # type: ignore[misc]
+                                out[i] = (
+                                    nil
+                                    if v is None
+                                    else head[n] + v + crlf
+                                    if (n := len(v)) < 1024
+                                    else bulk(v)
+                                )
                 except Exception:
                     return None
             reply = b"".join(out)  # type: ignore[arg-type]

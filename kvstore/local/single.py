@@ -200,6 +200,8 @@ class SingleNodeBackend:
         """Cache what was read of keys that missed, as the class docstring says."""
         try:
             room = self._evictions >= 0 and self._cache_evictions() == self._evictions
+            if not room:
+                self._evictions = -1  # it has evicted (the count only grows): no need to look again
             inflight = self._inflight
             if room:
                 admitted = [
