@@ -253,3 +253,35 @@ async def _delete(s: ServerThread, key: bytes) -> None:
 
     b = getattr(s.backend, "inner", s.backend)
     await b.write(Delete((key,)))
+
+
+def test_peek_framed_never_serves_a_changed_value() -> None:
+    """The framed copy follows the memo's rule: while writes change, delete and evict
+    entries, a framed reply is always the table's current value."""
+    import random
+
+    name = f"/kvs-fr-{uuid.uuid4().hex[:10]}"
+    c = ShmCache.create(name, size_bytes=64 << 10, max_value=512, memo_entries=32)
+    try:
+        rng = random.Random(3)
+        keys = [b"p%03d" % i for i in range(200)]
+        served = 0
+        for _ in range(3000):
+            k = rng.choice(keys)
+            op = rng.random()
+            if op < 0.3:
+                c.put(k, bytes([rng.randrange(256)]) * rng.randrange(0, 300))
+            elif op < 0.4:
+                c.delete(k)
+            else:
+                c.get(k)  # memoises what the table holds
+            ks = rng.sample(keys, 8)
+            for key, framed in zip(ks, c.peek_framed(ks), strict=True):
+                if framed is not None:
+                    served += 1
+                    v = c.lookup(key)
+                    assert v is not None and framed == bulk(v)
+        assert c.stats()["evictions"] > 0 and served > 100
+    finally:
+        c.close()
+        c.unlink()
