@@ -6,15 +6,16 @@ attribute lookups are a noticeable share.
 Table read: one xxh3 call, one struct unpack of the home slot, one key compare, one value
 slice, one seq re-read: five C calls, where py-lmdb's txn.get() is one, and two random
 accesses to a large segment. So each process also keeps a bounded memo of what it read:
-key -> (stripe, stripe version, value, framed value). Writers bump a slot's stripe version (odd while
-the slot changes, even after) around every change: update, delete, eviction, clear, reset,
-retirement. A value is memoised only if its stripe was even and unchanged around the read,
-and served from the memo only while that version is still current, so a memo hit is the
-table's current value, never a stale one. A memo hit costs one dict lookup and one 8-byte
-read from the stripe array (32 KiB, which stays in the CPU cache). The memo also keeps
-each value framed as a RESP bulk string (`$<len>\r\n<value>\r\n`), made once when it is
-memoised: the RESP server answers a pipeline of GETs with one join of those
-(`peek_framed`), where framing each reply again costs more than the memo lookup.
+key -> (stripe, stripe version, value, framed value). Writers bump a slot's stripe
+version (odd while the slot changes, even after) around every change: update, delete,
+eviction, clear, reset, retirement. A value is memoised only if its stripe was even and
+unchanged around the read, and served from the memo only while that version is still
+current, so a memo hit is the table's current value, never a stale one. A memo hit costs
+one dict lookup and one 8-byte read from the stripe array (32 KiB, which stays in the
+CPU cache). The memo also keeps each value framed as a RESP bulk string
+(`$<len>\r\n<value>\r\n`), made once when it is memoised: the RESP server answers a
+pipeline of GETs with one join of those (`peek_framed`), where framing each reply again
+costs more than the memo lookup.
 """
 
 from __future__ import annotations

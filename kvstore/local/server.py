@@ -11,6 +11,7 @@ connection's peer uid is checked with SO_PEERCRED against `allowed_uids`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -62,6 +63,8 @@ class RespServer:
         # read (see Connection.data_received): [transport, bytes, transport, bytes, ...]
         self.outbox: list[Any] = []
         self._call_soon: Any = None
+        self._flush_cb: Any = None
+        self._flush_ctx: Any = None
         self._next_id = 0
         self.closed = False
         self.stats: dict[str, int] = {
@@ -90,11 +93,17 @@ class RespServer:
         write itself)."""
         box = self.outbox
         if not box:
-            if self._call_soon is None:
-                self._call_soon = asyncio.get_running_loop().call_soon
-            self._call_soon(self.flush_outbox)
+            self.schedule_flush()
         box.append(transport)
         box.append(data)
+
+    def schedule_flush(self) -> None:
+        """Run flush_outbox after this round of I/O (call when the outbox becomes non-empty)."""
+        if self._call_soon is None:
+            self._call_soon = asyncio.get_running_loop().call_soon
+            self._flush_cb = self.flush_outbox
+            self._flush_ctx = contextvars.Context()  # it reads no context variable: no copy
+        self._call_soon(self._flush_cb, context=self._flush_ctx)
 
     def flush_outbox(self) -> None:
         """Write the deferred replies now (also before anything else a connection writes,
@@ -102,12 +111,11 @@ class RespServer:
         box = self.outbox
         if not box:
             return
-        items = box[:]
+        items = iter(box[:])
         box.clear()
-        for i in range(0, len(items), 2):
-            t = items[i]
+        for t, data in zip(items, items, strict=True):
             if not t.is_closing():
-                t.write(items[i + 1])
+                t.write(data)
 
     async def start(self) -> None:
         if self.socket is None:
