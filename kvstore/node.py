@@ -55,7 +55,7 @@ from kvstore.rpc.pb import raft_pb2_grpc as pbg
 from kvstore.rpc.server import start_grpc_server
 from kvstore.rpc.transport import Transport
 from kvstore.storage import Store
-from kvstore.writepath import WritePath
+from kvstore.writepath import Pending, WritePath
 
 log = logging.getLogger("kvstore.node")
 
@@ -99,8 +99,8 @@ class Node(WritePath):
         self.timeout = cfg.raft.request_timeout_ms / 1000
         self._wake = asyncio.Event()
         self._leader_known = asyncio.Event()
-        self._waiters: dict[int, tuple[int, list[asyncio.Future[tuple[sm.Result, int]]]]] = {}
-        self._batch: list[tuple[bytes, asyncio.Future[tuple[sm.Result, int]]]] = []
+        self._waiters: dict[int, tuple[int, Pending]] = {}
+        self._batch: list[tuple[bytes, asyncio.Future[Any], Any]] = []
         self._batch_bytes = 0
         self._expiry: deque[Any] = deque()
         self._expiry_odd: list[Any] = []
@@ -480,22 +480,18 @@ class Node(WritePath):
             w = self._waiters.pop(e.index, None)
             if w is None:
                 continue
-            term, futs = w
+            term, pending = w
             if term != e.term:
-                err: Exception | None = TryAgain("leadership changed before the write committed")
+                self.settle(pending, e.index, None, TryAgain("leadership changed before the write committed"))
             elif res is _SKIPPED_RESULT:
-                err = Unknown("applied through a snapshot; its result is unknown")
+                self.settle(pending, e.index, None, Unknown("applied through a snapshot; its result is unknown"))
             else:
-                err = None
                 results = res if batch else [res]
-                if len(results) != len(futs):  # cannot happen: our own entry of that term
-                    err = Unknown(f"entry {e.index} holds {len(results)} writes, not {len(futs)}")
-            for i, fut in enumerate(futs):
-                if not fut.done():
-                    if err is None:
-                        fut.set_result((results[i], e.index))
-                    else:
-                        fut.set_exception(type(err)(str(err)))  # one each: raising adds a traceback
+                if len(results) == len(pending.futs):
+                    self.settle(pending, e.index, results, None)
+                else:  # cannot happen: our own entry of that term
+                    self.settle(pending, e.index, None,
+                                Unknown(f"entry {e.index} holds {len(results)} writes, not {len(pending.futs)}"))
         self._wake_applied()
         self._maybe_compact()
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from kvstore import statemachine as sm
-from kvstore.errors import LimitExceeded, TryAgain, Unknown
+from kvstore.errors import KVError, LimitExceeded, TryAgain, Unknown
 from kvstore.raft import ConfChange, NotLeader, ProposalDropped
 from kvstore.rpc.pb import raft_pb2_grpc as pbg
 from kvstore.rpc.transport import make_channel
@@ -29,8 +29,22 @@ if TYPE_CHECKING:
 _COMMAND_NAMES = {sm.Set: "set", sm.Delete: "del", sm.MSet: "mset"}
 
 
-_Futures = list["asyncio.Future[tuple[sm.Result, int]]"]
-_Expiry = tuple[float, int, int, float, _Futures]
+# How a write's future resolves: None, with (result, log index); (command name, start
+# time), with the result alone, and the write counted in the metrics (submit_write).
+_Tag = tuple[str, float] | None
+
+
+class Pending:
+    """The writes of one log entry, in order: their futures and tags."""
+
+    __slots__ = ("futs", "tags")
+
+    def __init__(self, futs: list[asyncio.Future[Any]], tags: list[_Tag]) -> None:
+        self.futs = futs
+        self.tags = tags
+
+
+_Expiry = tuple[float, int, int, float, Pending]
 # A batch is proposed once it holds this many writes or bytes, even mid-turn.
 MAX_BATCH = 1024
 MAX_BATCH_BYTES = 256 << 10
@@ -49,11 +63,11 @@ class WritePath:
     forwarder: Forwarder
     timeout: float
     _loop: asyncio.AbstractEventLoop
-    # log index -> (term proposed in, the futures of the entry's writes, in order)
-    _waiters: dict[int, tuple[int, _Futures]]
-    _batch: list[tuple[bytes, asyncio.Future[tuple[sm.Result, int]]]]  # not yet proposed
+    # log index -> (term proposed in, the entry's writes)
+    _waiters: dict[int, tuple[int, Pending]]
+    _batch: list[tuple[bytes, asyncio.Future[Any], _Tag]]  # not yet proposed
     _batch_bytes: int
-    # (deadline, sequence, index, timeout, future) of _waiters, in order; _expiry_odd:
+    # (deadline, sequence, index, timeout, writes) of _waiters, in order; _expiry_odd:
     # the same for other timeouts, a heap (the sequence number breaks ties)
     _expiry: deque[_Expiry]
     _expiry_odd: list[_Expiry]
@@ -79,11 +93,12 @@ class WritePath:
             if len(v) > lim.max_value:
                 raise LimitExceeded(f"value is {len(v)} bytes; the limit is {lim.max_value}")
 
-    def propose_future(self, cmd: sm.Command | ConfChange,
-                       timeout: float | None = None) -> asyncio.Future[tuple[sm.Result, int]]:
+    def propose_future(self, cmd: sm.Command | ConfChange, timeout: float | None = None,
+                       tag: _Tag = None) -> asyncio.Future[Any]:
         """Propose on this node (the leader); the future resolves with (result, index)
-        once applied here, or fails with TryAgain (leadership changed) or Unknown (not
-        applied in time: the ticker expires it). No Task or timer per write.
+        (with a tag: the result) once applied here, or fails with TryAgain (leadership
+        changed) or Unknown (not applied in time: the ticker expires it). No Task or
+        timer per write.
 
         A command joins the batch that goes into the log at the end of this turn of the
         event loop (or sooner, once the batch is full): the writes that arrive together
@@ -98,8 +113,8 @@ class WritePath:
                 raise TryAgain(f"{self.name} is not the leader") from e
             except ProposalDropped as e:
                 raise TryAgain(f"proposal dropped: {e}") from e
-            fut: asyncio.Future[tuple[sm.Result, int]] = loop.create_future()
-            self._track(idx, [fut], timeout or self.timeout)
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._track(idx, Pending([fut], [None]), timeout or self.timeout)
             return fut
         if not self.core.is_leader:
             raise TryAgain(f"{self.name} is not the leader")
@@ -107,11 +122,11 @@ class WritePath:
         fut = loop.create_future()
         if timeout is not None and timeout != self.timeout:  # rare: an entry of its own
             self._flush_batch()
-            self._batch.append((data, fut))
+            self._batch.append((data, fut, tag))
             self._flush_batch(timeout)
             return fut
         batch = self._batch
-        batch.append((data, fut))
+        batch.append((data, fut, tag))
         self._batch_bytes += len(data)
         if len(batch) == 1:
             loop.call_soon(self._flush_batch)
@@ -126,35 +141,48 @@ class WritePath:
             return
         self._batch = []
         self._batch_bytes = 0
-        futs = [f for _, f in batch]
-        data = batch[0][0] if len(batch) == 1 else sm.encode_batch([d for d, _ in batch])
+        p = Pending([f for _, f, _ in batch], [t for _, _, t in batch])
+        data = batch[0][0] if len(batch) == 1 else sm.encode_batch([d for d, _, _ in batch])
         try:
             idx = self.core.propose(data)
         except (NotLeader, ProposalDropped) as e:
-            msg = f"{self.name} is not the leader" if isinstance(e, NotLeader) else f"proposal dropped: {e}"
-            for f in futs:
-                if not f.done():
-                    f.set_exception(TryAgain(msg))
+            self.settle(p, 0, None, TryAgain(f"{self.name} is not the leader" if isinstance(e, NotLeader)
+                                             else f"proposal dropped: {e}"))
             return
-        self.metrics.proposals.inc(len(futs))
-        self._track(idx, futs, timeout or self.timeout)
+        self.metrics.proposals.inc(len(batch))
+        self._track(idx, p, timeout or self.timeout)
 
-    def _track(self, idx: int, futs: list[asyncio.Future[tuple[sm.Result, int]]], t: float) -> None:
-        """Wait for the entry at idx: its writes' futures, and their deadline."""
+    def _track(self, idx: int, p: Pending, t: float) -> None:
+        """Wait for the entry at idx: its writes, and their deadline."""
         old = self._waiters.get(idx)
         if old is not None:
             # We lost leadership and won it back: the entry we proposed at idx before was
             # overwritten (else our log would be longer), so it never applied.
-            for f in old[1]:
-                if not f.done():
-                    f.set_exception(TryAgain("leadership changed before the write committed"))
-        self._waiters[idx] = (self.core.term, futs)
-        item = (self._loop.time() + t, next(self._expiry_seq), idx, t, futs)
+            self.settle(old[1], idx, None, TryAgain("leadership changed before the write committed"))
+        self._waiters[idx] = (self.core.term, p)
+        item = (self._loop.time() + t, next(self._expiry_seq), idx, t, p)
         if t == self.timeout:  # deadlines in order: a queue will do
             self._expiry.append(item)
         else:
             heapq.heappush(self._expiry_odd, item)
         self._wake.set()
+
+    def settle(self, p: Pending, idx: int, results: list[sm.Result] | None, err: KVError | None) -> None:
+        """Answer an entry's writes: each its result (results[i]), or each `err`."""
+        now = time.perf_counter()
+        count = self.metrics.count
+        outcome = "ok" if err is None else _outcome(err)
+        for i, fut in enumerate(p.futs):
+            tag = p.tags[i]
+            if tag is not None:
+                count(tag[0], "error" if fut.cancelled() else outcome, now - tag[1])
+            if fut.done():
+                continue
+            if err is not None:
+                fut.set_exception(type(err)(str(err)))  # one each: raising adds a traceback
+            else:
+                assert results is not None
+                fut.set_result(results[i] if tag is not None else (results[i], idx))
 
     def propose_all(self, cmds: list[sm.Command],
                     timeout: float | None = None) -> list[asyncio.Future[tuple[sm.Result, int]]]:
@@ -179,14 +207,12 @@ class WritePath:
         while h and h[0][0] <= now:
             self._expire(*heapq.heappop(h))
 
-    def _expire(self, _: float, __: int, idx: int, t: float,
-                futs: list[asyncio.Future[tuple[sm.Result, int]]]) -> None:
+    def _expire(self, _: float, __: int, idx: int, t: float, p: Pending) -> None:
         w = self._waiters.get(idx)
-        if w is not None and w[1] is futs:
+        if w is not None and w[1] is p:
             del self._waiters[idx]
-        for fut in futs:
-            if not fut.done():
-                fut.set_exception(Unknown(f"write at index {idx} not committed within {t:.1f}s"))
+        if not all(f.done() for f in p.futs):
+            self.settle(p, idx, None, Unknown(f"write at index {idx} not committed within {t:.1f}s"))
 
     async def propose_as_leader(self, cmd: sm.Command | ConfChange,
                                 timeout: float | None = None) -> tuple[sm.Result, int]:
@@ -206,40 +232,25 @@ class WritePath:
         count = self.metrics.count
         t0 = time.perf_counter()
         try:
-            inner, pair = self._start_write(cmd)
+            self._validate(cmd)
+            if self.core.is_leader:
+                try:
+                    return self.propose_future(cmd, self.timeout, (name, t0))  # settle() counts it
+                except TryAgain:
+                    if self.core.is_leader:
+                        raise
+                    # lost leadership before proposing: forward instead
+            fut = self.forwarder.submit(cmd, self._loop.time() + self.timeout)
         except Exception as e:
             count(name, _outcome(e))
             raise
-        out: asyncio.Future[sm.Result] = self._loop.create_future()
 
         def done(f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
-                count(name, "error")
-                out.cancel()
-                return
-            e = f.exception()
-            count(name, "ok" if e is None else _outcome(e), time.perf_counter() - t0)
-            if out.done():
-                return
-            if e is not None:
-                out.set_exception(e)
-            else:
-                out.set_result(f.result()[0] if pair else f.result())
+            e = None if f.cancelled() else f.exception()
+            count(name, "error" if f.cancelled() else "ok" if e is None else _outcome(e), time.perf_counter() - t0)
 
-        inner.add_done_callback(done)
-        return out
-
-    def _start_write(self, cmd: sm.Command) -> tuple[asyncio.Future[Any], bool]:
-        """(a future, whether it yields (result, index) rather than the result)."""
-        self._validate(cmd)
-        if self.core.is_leader:
-            try:
-                return self.propose_future(cmd, self.timeout), True
-            except TryAgain:
-                if self.core.is_leader:
-                    raise
-                # lost leadership before proposing: forward instead
-        return self.forwarder.submit(cmd, self._loop.time() + self.timeout), False
+        fut.add_done_callback(done)
+        return fut
 
     async def write(self, cmd: sm.Command) -> sm.Result:
         return await self.submit_write(cmd)

@@ -34,7 +34,9 @@ class _Leader(WritePath):
     def __init__(self) -> None:
         self.name = "n1"
         self.core: Any = _Core()
-        self.metrics: Any = SimpleNamespace(proposals=SimpleNamespace(inc=lambda n=1: None))
+        self.counted: list[tuple[str, str]] = []
+        self.metrics: Any = SimpleNamespace(proposals=SimpleNamespace(inc=lambda n=1: None),
+                                            count=lambda name, outcome, s=None: self.counted.append((name, outcome)))
         self._loop = asyncio.get_running_loop()
         self._batch = []
         self._batch_bytes = 0
@@ -56,7 +58,7 @@ def test_a_reused_index_fails_the_old_write_and_its_deadline_spares_the_new_one(
         await asyncio.sleep(0)  # the end of this turn of the loop: the batch is proposed
         assert isinstance(first.exception(), TryAgain)
         lead._expire_waiters(now + 2)  # the first write's deadline: the second must survive it
-        assert not second.done() and lead._waiters[5] == (4, [second])
+        assert not second.done() and lead._waiters[5][0] == 4 and lead._waiters[5][1].futs == [second]
         lead._expire_waiters(now + 6)
         with pytest.raises(Unknown, match="not committed within 5.0s"):
             second.result()
@@ -74,7 +76,7 @@ def test_writes_of_one_turn_share_one_entry_in_order_and_a_lost_leader_fails_the
         await asyncio.sleep(0)
         [entry] = lead.core.proposed
         assert entry[0] == sm.OP_BATCH and sm.decode_entry(entry) == cmds
-        assert lead._waiters[5] == (2, futs)
+        assert lead._waiters[5][1].futs == futs
         lone = lead.propose_future(sm.Set(b"x", b"y"))
         await asyncio.sleep(0)
         assert lead.core.proposed[-1] == sm.encode(sm.Set(b"x", b"y"))  # one write: no BATCH
@@ -99,7 +101,30 @@ def test_a_full_batch_is_proposed_at_once() -> None:
         for i in range(MAX_BATCH + 1):
             lead.propose_future(sm.Set(b"k%d" % i, b"v"))
         assert len(lead.core.proposed) == 1 and len(sm.decode_entry(lead.core.proposed[0]) or []) == MAX_BATCH
+        lead.core.index = 6
         await asyncio.sleep(0)
         assert len(lead.core.proposed) == 2
+
+    asyncio.run(main())
+
+
+def test_a_submitted_write_resolves_with_its_result_and_is_counted_once() -> None:
+    async def main() -> None:
+        lead = _Leader()
+        lead.cfg = SimpleNamespace(limits=SimpleNamespace(max_key=511, max_value=1 << 20))
+        ok = lead.submit_write(sm.Set(b"a", b"1"))
+        proposed = lead.propose_future(sm.Delete((b"a",)))
+        await asyncio.sleep(0)
+        _, pending = lead._waiters.pop(5)  # applied (as Node._after_apply does)
+        lead.settle(pending, 5, [sm.SET_DONE, 1], None)
+        assert ok.result() == sm.SET_DONE and proposed.result() == (1, 5)
+        lead.core.index = 6
+        late = lead.submit_write(sm.Set(b"b", b"2"))
+        await asyncio.sleep(0)
+        lead._expire_waiters(asyncio.get_running_loop().time() + 6)
+        with pytest.raises(Unknown):
+            late.result()
+        lead._expire_waiters(asyncio.get_running_loop().time() + 12)  # nothing left, nothing counted twice
+        assert lead.counted == [("set", "ok"), ("set", "unknown")]
 
     asyncio.run(main())
