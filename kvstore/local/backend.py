@@ -10,7 +10,11 @@ one LMDB transaction per cache miss:
 - `cache_get(key) -> bytes | None`: the shared-memory cache alone (None: a miss), or the
   attribute None when there is no cache;
 - `get_uncached(keys) -> list[bytes | None]`: local state for keys the cache missed, all
-  in one read transaction.
+  in one read transaction;
+- `cache_replies(keys) -> list[bytes | None]`: cache_get of each key, framed as a RESP
+  bulk-string reply (None: a miss), for a read of nothing but GETs; `memo_reads` in
+  fast.py makes one over a ShmCache (the memo in one comprehension). Without it the
+  server calls cache_get per key.
 
 Together they must answer what `get` would. SingleNodeBackend and the workers'
 ForwardingBackend have them; a backend without them is read with `get`.
