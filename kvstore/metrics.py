@@ -81,12 +81,12 @@ class NodeMetrics:
         self._latencies: dict[str, Any] = {}
         self.elections = Counter("kvstore_raft_leader_changes", "Leader changes seen", registry=r)
 
-    def count(self, command: str, outcome: str, seconds: float | None = None) -> None:
-        """One request served. Labelled children are looked up once: this is on every GET."""
+    def count(self, command: str, outcome: str, seconds: float | None = None, n: int = 1) -> None:
+        """n requests served. Labelled children are looked up once: this is on every GET."""
         c = self._counters.get((command, outcome))
         if c is None:
             c = self._counters[(command, outcome)] = self.requests.labels(command, outcome)
-        c.inc()
+        c.inc(n)
         if seconds is not None:
             h = self._latencies.get(command)
             if h is None:

@@ -32,7 +32,7 @@ from kvstore.cluster.procs import SEEN_LEADER
 from kvstore.config import ClusterConfig, NodeConfig
 from kvstore.errors import KVError, TryAgain, Unknown, WrongCluster
 from kvstore.forward import Forwarder
-from kvstore.local.fast import memo_first
+from kvstore.local.fast import memo_reads
 from kvstore.local.server import Limits, RespServer
 from kvstore.local.workers import WorkerPool
 from kvstore.metrics import NodeMetrics
@@ -186,13 +186,19 @@ class Node(WritePath):
         self.metrics = NodeMetrics(self.name)
         # The RESP hot path (kvstore/local/fast.py) reads the cache first and a batch's
         # misses in one LMDB transaction; READONLY reads on a node take it.
-        cached, count = memo_first(self.cache)[0], self.metrics.count
+        cached, replies, _ = memo_reads(self.cache)
+        count = self.metrics.count
 
         def cache_get(key: bytes) -> bytes | None:
             count("get", "ok")
             return cached(key)
 
+        def cache_replies(keys: list[bytes]) -> list[bytes | None]:
+            count("get", "ok", n=len(keys))
+            return replies(keys)
+
         self.cache_get = cache_get
+        self.cache_replies = cache_replies
         self.get_uncached = self.store.get_many
         self.metrics.watch(self.status, self.cache.stats, lambda: self._clients())
         if self.me.metrics_port:
