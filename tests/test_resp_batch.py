@@ -4,8 +4,6 @@ reply bytes as the general path, for any mix of GETs, other commands and cut req
 
 from __future__ import annotations
 
-import socket
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -136,29 +134,6 @@ def servers() -> Iterator[tuple[ServerThread, ServerThread, ServerThread]]:
         yield fast, shm, general
 
 
-def chunked_exchange(path: str, chunks: list[bytes], proto: int) -> bytes:
-    """raw_exchange, the data sent in chunks the server reads apart (a pause after each)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    try:
-        if proto != 2:
-            s.sendall(pack(b"HELLO", b"%d" % proto))
-            r = hiredis.Reader()
-            while r.gets() is False:
-                r.feed(s.recv(1 << 16))
-        for c in chunks:
-            s.sendall(c)
-            time.sleep(0.002)
-        s.shutdown(socket.SHUT_WR)
-        out = []
-        while chunk := s.recv(1 << 16):
-            out.append(chunk)
-        return b"".join(out)
-    finally:
-        s.close()
-
-
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     reqs=st.lists(REQUEST, min_size=1, max_size=40),
@@ -182,7 +157,7 @@ def test_same_bytes_as_the_general_path(
     want = raw_exchange(general.path, data, proto)
     for s in (fast, shm):
         assert raw_exchange(s.path, data, proto) == want
-        assert chunked_exchange(s.path, chunks, proto) == want
+        assert raw_exchange(s.path, chunks, proto) == want
 
 
 def test_a_large_batch_goes_the_general_way(servers: tuple[ServerThread, ServerThread, ServerThread]) -> None:
@@ -232,7 +207,7 @@ def test_get_only_reads_take_the_batch_path_and_replies_stay_in_order(
         fp.gets = counting
         try:
             gets = pack(b"GET", b"k1") * 16 + pack(b"GET", b"k2") * 16  # k2: a store read
-            assert chunked_exchange(s.path, [gets], 2) == raw_exchange(general.path, gets)
+            assert raw_exchange(s.path, [gets], 2) == raw_exchange(general.path, gets)
             assert calls == [32]
             # GETs, then a write and a read of what it wrote, sent apart: in order.
             chunks = [
@@ -241,7 +216,7 @@ def test_get_only_reads_take_the_batch_path_and_replies_stay_in_order(
                 pack(b"GET", b"ord"),
             ]
             r = hiredis.Reader()
-            r.feed(chunked_exchange(s.path, chunks, 2))
+            r.feed(raw_exchange(s.path, chunks, 2))
             assert [r.gets() for _ in range(4)] == [None, b"OK", b"1", b"1"]
         finally:
             fp.gets = real

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import re
 import socket
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,9 +30,10 @@ def pack(*args: bytes) -> bytes:
     return hiredis.pack_command(args)  # type: ignore[no-any-return]
 
 
-def raw_exchange(path: str, data: bytes, proto: int = 2) -> bytes:
+def raw_exchange(path: str, data: bytes | list[bytes], proto: int = 2) -> bytes:
     """Send `data`, half-close, return every byte the server sent until it closed.
-    With proto 3, HELLO 3 first, on its own (its reply is not returned)."""
+    With proto 3, HELLO 3 first, on its own (its reply is not returned). A list is sent
+    in chunks the server reads apart (a short pause after each)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(path)
@@ -41,7 +43,10 @@ def raw_exchange(path: str, data: bytes, proto: int = 2) -> bytes:
             r = hiredis.Reader()
             while r.gets() is False:
                 r.feed(s.recv(1 << 16))
-        s.sendall(data)
+        for c in [data] if isinstance(data, bytes) else data:
+            s.sendall(c)
+            if not isinstance(data, bytes):
+                time.sleep(0.002)
         s.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := s.recv(1 << 16):
