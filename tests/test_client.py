@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ from kvstore.errors import KVError, LimitExceeded, TryAgain, Unavailable, Unknow
 from kvstore.local.client import AsyncClient, Client, RetryPolicy
 from kvstore.local.single import SingleNodeBackend
 from kvstore.local.testing import FlakyBackend, MemoryStore, ServerThread
-from kvstore.statemachine import Command, Result
+from kvstore.statemachine import SET_DONE, Command, Result
 
 FAST_RETRY = RetryPolicy(retries=3, backoff=0.001, max_backoff=0.01)
 
@@ -182,6 +185,36 @@ def test_unknown_and_timeouts() -> None:
             c.get("k")
         st.backend.hang_reads = False
         assert c.get("k") is None  # reconnected
+
+
+class _SlowWrites(_Stuck):
+    """Writes that the node is still committing: each answered 0.3 s after it is submitted."""
+
+    ordered_writes = True
+
+    def submit_write(self, cmd: Command) -> asyncio.Future[Result]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Result] = loop.create_future()
+        loop.call_later(0.3, lambda: fut.done() or fut.set_result(SET_DONE))
+        return fut
+
+
+def test_a_graceful_stop_answers_the_writes_already_taken() -> None:
+    st = ServerThread(_SlowWrites, grace=2.0).start()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(st.path)
+        s.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")
+        time.sleep(0.1)  # submitted; its answer comes in 0.2 s, during the stop
+        stopper = threading.Thread(target=st.stop)
+        stopper.start()
+        assert s.recv(100) == b"+OK\r\n"
+        stopper.join(10)
+        assert s.recv(100) == b""  # then the connection closes
+    finally:
+        s.close()
+        st.stop()
 
 
 def test_server_not_running(tmp_path: Path) -> None:

@@ -136,11 +136,16 @@ class RespServer:
         conns = list(self.conns)
         for c in conns:
             c.stop_reading()
-        busy = [c.task for c in conns if c.task is not None and not c.task.done()]
+        # Requests already taken are answered (within `grace`): a connection's running
+        # task, and the writes it submitted (their replies go out from a done-callback).
+        busy: list[asyncio.Future[Any]] = [c.task for c in conns if c.task is not None and not c.task.done()]
+        busy += [f for c in conns for f, _ in c.pending if f is not None and not f.done()]
         if busy:
             _, pending = await asyncio.wait(busy, timeout=grace)
             for t in pending:
-                t.cancel()
+                if isinstance(t, asyncio.Task):
+                    t.cancel()
+            await asyncio.sleep(0)  # the connections' own callbacks write the replies
         for c in conns:
             c.abort()
         if self._server is not None:
