@@ -374,7 +374,7 @@ class Node(WritePath):
                 convert.hard_state_blob(hs) if hs else None,
                 [(e.index, _apply_fn(cs, b)) for e, cs, b in items], must_sync,
                 [(e.index, _apply_fn(cs, b)) for e, cs, b in ahead],
-                (lambda outs: self._after_apply(ahead, outs)) if ahead else None)
+                (lambda outs: self._after_apply_ahead(ahead, outs)) if ahead else None)
             if hs is not None:
                 self._synced_vote = (hs.term, hs.vote)
             self.metrics.fsync.observe(time.perf_counter() - t0)
@@ -500,6 +500,16 @@ class Node(WritePath):
                                 Unknown(f"entry {e.index} holds {len(results)} writes, not {len(pending.futs)}"))
         self._wake_applied()
         self._maybe_compact()
+
+    def _after_apply_ahead(self, items: list[tuple[Entry, list[sm.Command] | None, bool]],
+                           outs: list[tuple[Any, list[tuple[bytes, bytes | None]]]]) -> None:
+        """_after_apply from the io thread's callback: a failure stops the node, as it
+        would in the Raft loop."""
+        try:
+            self._after_apply(items, outs)
+        except Exception:
+            log.exception("%s: fatal error applying entries (term %d); stopping", self.name, self.core.term)
+            self._stopping.set()
 
     def _conf_applied(self, e: Entry) -> None:
         cc = ConfChange.decode(e.data)
