@@ -368,13 +368,17 @@ class Node(WritePath):
                 first_new = rd.entries[0].index
                 n = sum(1 for e, _, _ in items if e.index < first_new)
                 ahead, items = items[:n], items[n:]
+            # Keys the later entries change stay out of the cache until those apply too:
+            # the cache never holds a value older than LMDB's.
+            later = {k for _, cs, _ in items if cs is not None for c in cs for k in sm.keys_of(c)} \
+                if ahead and items else set()
             outs = await self._loop.run_in_executor(
                 self._io, self._persist, rd.snapshot,
                 [(e.index, convert.entry_blob(e)) for e in rd.entries],
                 convert.hard_state_blob(hs) if hs else None,
                 [(e.index, _apply_fn(cs, b)) for e, cs, b in items], must_sync,
                 [(e.index, _apply_fn(cs, b)) for e, cs, b in ahead],
-                (lambda outs: self._after_apply_ahead(ahead, outs)) if ahead else None)
+                (lambda outs: self._after_apply_ahead(ahead, outs, later)) if ahead else None)
             if hs is not None:
                 self._synced_vote = (hs.term, hs.vote)
             self.metrics.fsync.observe(time.perf_counter() - t0)
@@ -471,13 +475,13 @@ class Node(WritePath):
         fut.add_done_callback(done)
 
     def _after_apply(self, items: list[tuple[Entry, list[sm.Command] | None, bool]],
-                     outs: list[tuple[Any, list[tuple[bytes, bytes | None]]]]) -> None:
+                     outs: list[tuple[Any, list[tuple[bytes, bytes | None]]]], skip: set[bytes] | None = None) -> None:
         latest: dict[bytes, bytes | None] = {}
         for out in outs:
             if out is not _SKIPPED:
                 latest.update(out[1])
         if latest:
-            self.cache.put_many([(k, v) for k, v in latest.items() if v is not None])
+            self.cache.put_many([(k, v) for k, v in latest.items() if v is not None and not (skip and k in skip)])
         self.applied = max(self.applied, items[-1][0].index)
         self.applied_writes += sum(len(cs) for _, cs, _ in items if cs)
         for (e, _, batch), (res, _) in zip(items, outs, strict=True):
@@ -502,11 +506,11 @@ class Node(WritePath):
         self._maybe_compact()
 
     def _after_apply_ahead(self, items: list[tuple[Entry, list[sm.Command] | None, bool]],
-                           outs: list[tuple[Any, list[tuple[bytes, bytes | None]]]]) -> None:
+                           outs: list[tuple[Any, list[tuple[bytes, bytes | None]]]], later: set[bytes]) -> None:
         """_after_apply from the io thread's callback: a failure stops the node, as it
         would in the Raft loop."""
         try:
-            self._after_apply(items, outs)
+            self._after_apply(items, outs, later)
         except Exception:
             log.exception("%s: fatal error applying entries (term %d); stopping", self.name, self.core.term)
             self._stopping.set()
