@@ -40,7 +40,7 @@ class RaftSettings:
     max_bytes_per_msg: int = 4 << 20
     max_uncommitted: int = 20000
     request_timeout_ms: int = 5000  # how long a client write or read may wait
-    snapshot_entries: int = 100_000  # compact the log after this many applied entries
+    snapshot_entries: int = 100_000  # compact the log after this many applied log entries (a batch of writes is one)
 
 
 @dataclass(frozen=True)
