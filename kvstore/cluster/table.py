@@ -16,11 +16,11 @@ def _s(v: Any) -> str:
 
 def status_table(st: dict[str, Any], rates: dict[str, float] | None = None, when: str = "") -> Table:
     """One row per node. With `rates` (the live view): lag behind the highest commit and
-    applied entries per second instead of the gRPC address."""
+    writes applied per second instead of the gRPC address."""
     live = rates is not None
     title = f"cluster {st.get('cluster_id', '')[:8]}  leader: {st['leader'] or '-'}" + (f"   {when}" if when else "")
     t = Table(title=title, title_justify="left", caption_justify="left")
-    cols = ("node", "pid", "role", "term", "commit", "applied") + (("lag", "applied/s") if live else ("grpc",))
+    cols = ("node", "pid", "role", "term", "commit", "applied") + (("lag", "writes/s") if live else ("grpc",))
     for col in cols:
         t.add_column(col, no_wrap=True, justify="right" if live and col not in ("node", "role") else "left")
     top = max((r["commit_index"] or 0 for r in st["nodes"]), default=0)

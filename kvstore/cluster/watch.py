@@ -37,11 +37,13 @@ def watch_status(data_dir: Path, console: Console, interval: float = 1.0, count:
                 now = time.monotonic()
                 rates: dict[str, float] = {}
                 for r in st["nodes"]:
-                    if r["applied_index"] is not None:
-                        if r["name"] in prev:
-                            t0, a0 = prev[r["name"]]
-                            rates[r["name"]] = (r["applied_index"] - a0) / max(1e-6, now - t0)
-                        prev[r["name"]] = (now, r["applied_index"])
+                    # writes (commands), not log entries: a batch of writes is one entry
+                    w = r.get("applied_writes")
+                    if w is not None:
+                        if r["name"] in prev and w >= prev[r["name"]][1]:  # less: it restarted
+                            t0, w0 = prev[r["name"]]
+                            rates[r["name"]] = (w - w0) / max(1e-6, now - t0)
+                        prev[r["name"]] = (now, w)
                 live.update(status_table(st, rates, time.strftime("%H:%M:%S")), refresh=True)
                 n += 1
                 if count and n >= count:
