@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from kvstore.cache import CacheInUse, CacheLockTimeout, CacheNotFound, ShmCache
 from kvstore.cache import layout as L
 from kvstore.cache.lock import LOCK_INFO
-from kvstore.cache.reader import make_reader
+from kvstore.cache.reader import reader_parts
 from kvstore.cache.table import Table
 
 SMALL = 256 << 10
@@ -390,7 +390,8 @@ def test_seqlock_rejects_a_value_overwritten_while_copied(name: str, where: str)
         buf = Interleaved(c._mm[:])
         geo = c._geo
     table = Table(buf, geo, stall=lambda point: None)  # type: ignore[arg-type]
-    get, counters, release = make_reader(buf, geo, False, 0, 0)  # type: ignore[arg-type]
+    r = reader_parts(buf, geo, False, 0, 0)  # type: ignore[arg-type]
+    get, counters, release = r.get, r.counters, r.release
     _, d, k, v, _, _ = L.SLOT.unpack_from(
         buf, table.slot_off(table.find(key, xxhash.xxh3_64_intdigest(key))[0])
     )

@@ -18,7 +18,7 @@ import pytest
 from kvstore.cache import ShmCache
 from kvstore.errors import StorageError
 from kvstore.local import framing
-from kvstore.local.fast import LOW, MAX_PENDING, PROBE, WINDOW, memo_first
+from kvstore.local.fast import LOW, MAX_PENDING, PROBE, WINDOW, memo_reads
 from kvstore.local.framing import FrameError, RequestParser
 from kvstore.local.resp import Limits
 from kvstore.local.single import SingleNodeBackend
@@ -298,7 +298,7 @@ def shm() -> Iterator[ShmCache]:
         c.unlink()
 
 
-def test_memo_first_skips_the_table_while_the_memo_misses(shm: ShmCache) -> None:
+def test_memo_reads_skips_the_table_while_the_memo_misses(shm: ShmCache) -> None:
     lookups = 0
     lookup = shm.lookup
 
@@ -308,7 +308,7 @@ def test_memo_first_skips_the_table_while_the_memo_misses(shm: ShmCache) -> None
         return lookup(key)
 
     shm.lookup = counting  # type: ignore[method-assign]
-    get, real_misses = memo_first(shm)
+    get, _, real_misses = memo_reads(shm)
     keys = [b"k%04d" % i for i in range(1000)]
     shm.put_many([(k, b"v" + k) for k in keys])
     rng = random.Random(5)

@@ -63,18 +63,6 @@ LOW = 8
 PROBE = 16
 
 
-def memo_first(cache: Any) -> tuple[Callable[[bytes], bytes | None], Callable[[Sequence[bytes]], Any]]:
-    """(cache_get, real_misses) for reads in a node's own processes (see above).
-
-    cache_get(key) -> the cached value, or None: read the store. real_misses(keys), for
-    keys that cache_get answered None: those that were looked for in the table and not
-    found there (the ones worth caching), or None for all of them. A cache without a
-    memo (no `peek`/`lookup`) is always read whole.
-    """
-    get, _, real_misses = memo_reads(cache)
-    return get, real_misses
-
-
 def memo_reads(
     cache: Any,
 ) -> tuple[
@@ -82,10 +70,16 @@ def memo_reads(
     Callable[[list[bytes]], list[bytes | None]],
     Callable[[Sequence[bytes]], Any],
 ]:
-    """(cache_get, cache_replies, real_misses): memo_first's, plus cache_replies(keys):
+    """(cache_get, cache_replies, real_misses) for reads in a node's own processes (see
+    above).
+
+    cache_get(key) -> the cached value, or None: read the store. cache_replies(keys):
     what cache_get would answer for each key, but as RESP bulk-string replies (None:
     read the store), with the same policy and counts: the memo in one comprehension
-    (ShmCache.peek_framed, which keeps replies ready), the rest one by one."""
+    (ShmCache.peek_framed, which keeps replies ready), the rest one by one.
+    real_misses(keys), for keys answered None: those that were looked for in the table
+    and not found there (the ones worth caching), or None for all of them. A cache
+    without a memo (no `peek`/`lookup`) is always read whole."""
     peek = getattr(cache, "peek", None)
     lookup = getattr(cache, "lookup", None)
     if peek is None or lookup is None:
@@ -198,10 +192,7 @@ class FastPath:
             v = backend_get(k)
             if v is None:
                 return NULL3 if proto == 3 else QUEUED_NULL2
-            n = len(v)
-            if n < 1024:
-                return head[n] + v + crlf
-            return b"$%d\r\n%s\r\n" % (n, v)  # one copy of a long value, not two
+            return bulk(v)
 
         def get_cached(a: list[bytes], proto: int) -> bytes | None:  # the cache, misses batched
             if len(a) != 2:
@@ -213,10 +204,7 @@ class FastPath:
             if v is None:
                 pending.append(k)
                 return PENDING
-            n = len(v)
-            if n < 1024:
-                return head[n] + v + crlf
-            return b"$%d\r\n%s\r\n" % (n, v)  # one copy of a long value, not two
+            return bulk(v)
 
         def get_batched(a: list[bytes], proto: int) -> bytes | None:  # no cache: all batched
             if len(a) != 2 or not 0 < len(a[1]) <= max_key:
@@ -263,10 +251,7 @@ class FastPath:
                         return None
                     if v is None:
                         return NULL3 if proto == 3 else QUEUED_NULL2
-                n = len(v)
-                if n < 1024:
-                    return head[n] + v + crlf
-                return b"$%d\r\n%s\r\n" % (n, v) if n <= MAX_BATCH_REPLY else None
+                return bulk(v) if len(v) <= MAX_BATCH_REPLY else None
             out: list[bytes | None] = cache_replies(keys) if cache_replies is not None else [None] * len(keys)
             missed = out.count(None)
             if missed:
@@ -274,7 +259,7 @@ class FastPath:
                 try:
                     if missed == len(out) <= MAX_PENDING:  # all missed (many keys, few cached)
                         out = [
-                            nil if v is None else head[n] + v + crlf if (n := len(v)) < 1024 else bulk(v)
+                            nil if v is None else head[n] + v + crlf if (n := len(v)) < 1024 else bulk(v)  # bulk(), inline
                             for v in uncached(keys)  # type: ignore[misc]
                         ]
                     else:
@@ -284,13 +269,7 @@ class FastPath:
                                 return None
                             part = where[lo : lo + MAX_PENDING]
                             for i, v in zip(part, uncached([keys[i] for i in part]), strict=True):  # type: ignore[misc]
-                                out[i] = (
-                                    nil
-                                    if v is None
-                                    else head[n] + v + crlf
-                                    if (n := len(v)) < 1024
-                                    else bulk(v)
-                                )
+                                out[i] = nil if v is None else bulk(v)
                 except Exception:
                     return None
             reply = b"".join(out)  # type: ignore[arg-type]
@@ -321,18 +300,11 @@ class FastPath:
         finally:
             keys.clear()
         nil = NULL3 if proto == 3 else QUEUED_NULL2
-        head, crlf = _HEAD, _CRLF
         added = 0
         it = iter(values)
         for i in range(start, len(out)):
             if not out[i]:
                 v = next(it)
-                if v is None:
-                    r = nil
-                elif (n := len(v)) < 1024:
-                    r = head[n] + v + crlf
-                else:
-                    r = b"$%d\r\n%s\r\n" % (n, v)
-                out[i] = r
+                r = out[i] = nil if v is None else bulk(v)
                 added += len(r)
         return added

@@ -202,12 +202,8 @@ class SingleNodeBackend:
             room = self._evictions >= 0 and self._cache_evictions() == self._evictions
             if not room:
                 self._evictions = -1  # it has evicted (the count only grows): no need to look again
-            inflight = self._inflight
-            if room:
-                admitted = [
-                    (k, v) for k, v in zip(keys, values, strict=True) if v is not None and k not in inflight
-                ]
-            else:
+            seen: set[bytes] | None = None  # with room: every key that missed
+            if not room:
                 door = self._door
                 seen = door.intersection(keys)  # set operations: C loops, a miss costs little
                 if len(door) >= self.DOOR:
@@ -215,11 +211,12 @@ class SingleNodeBackend:
                 door.update(keys)
                 if not seen:
                     return
-                admitted = [
-                    (k, v)
-                    for k, v in zip(keys, values, strict=True)
-                    if k in seen and v is not None and k not in inflight
-                ]
+            inflight = self._inflight
+            admitted = [
+                (k, v)
+                for k, v in zip(keys, values, strict=True)
+                if v is not None and k not in inflight and (seen is None or k in seen)
+            ]
             if not admitted:
                 return
             put_many = getattr(self.cache, "put_many", None)
