@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -371,6 +372,116 @@ def test_readers_in_threads_during_growth(tmp_path: Path) -> None:
         assert reads[0] > 0
         assert s.stats()["map_size"] >= 4 << 20
         assert s.count() == 32 * 128 + 1
+
+
+def test_gate_never_lets_a_reader_beside_a_remap() -> None:
+    """The shared side of the Gate takes no lock; hammer it with a tiny GIL switch
+    interval so threads interleave inside it, and check that a remap (exclusive) is
+    never inside together with a reader, that nested shared entries work, and that
+    neither side starves."""
+    import sys
+
+    from kvstore.storage.env import Gate
+
+    gate = Gate()
+    inside = {"shared": 0, "exclusive": 0}
+    bad: list[str] = []
+    stop = threading.Event()
+    counts = {"shared": 0, "exclusive": 0}
+    lock = threading.Lock()
+
+    def reader() -> None:
+        while not stop.is_set():
+            gate.acquire_shared()
+            gate.acquire_shared()  # nested: never waits
+            with lock:
+                inside["shared"] += 1
+                if inside["exclusive"]:
+                    bad.append("reader inside during a remap")
+            with lock:
+                inside["shared"] -= 1
+                counts["shared"] += 1
+            gate.release_shared()
+            gate.release_shared()
+
+    def remapper() -> None:
+        while not stop.is_set():
+            gate.acquire_exclusive()
+            with lock:
+                inside["exclusive"] += 1
+                if inside["shared"] or inside["exclusive"] > 1:
+                    bad.append(f"remap beside {inside}")
+            with lock:
+                inside["exclusive"] -= 1
+                counts["exclusive"] += 1
+            gate.release_exclusive()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=remapper) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and not bad:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        sys.setswitchinterval(old)
+    assert not bad, bad[:3]
+    assert not any(t.is_alive() for t in threads), "a thread is stuck in the gate"
+    assert counts["shared"] > 100 and counts["exclusive"] > 100, counts
+    gate.acquire_shared()
+    try:
+        with pytest.raises(StorageError, match="inside one of its own transactions"):
+            gate.acquire_exclusive()
+    finally:
+        gate.release_shared()
+
+
+def test_gate_reader_announcing_as_a_remap_starts_waits_for_it() -> None:
+    """The race the lock-free shared side must win: a remap starts exactly while a
+    reader enters (between its look at the flags and its announcement, if it looked
+    first). The reader must not get in until the remap is done."""
+    from kvstore.storage.env import Gate
+
+    gate = Gate()
+    remap_held, release_remap, entered = threading.Event(), threading.Event(), threading.Event()
+
+    def remap() -> None:
+        gate.acquire_exclusive()
+        remap_held.set()
+        release_remap.wait(10)
+        gate.release_exclusive()
+
+    class Announce(dict[int, int]):
+        armed = True
+
+        def __setitem__(self, k: int, v: int) -> None:
+            if self.armed:  # the reader's first store: start the remap right here
+                self.armed = False
+                threading.Thread(target=remap).start()
+                assert remap_held.wait(5)
+            super().__setitem__(k, v)
+
+    gate._holders = Announce()  # type: ignore[misc]
+
+    def reader() -> None:
+        gate.acquire_shared()
+        entered.set()
+        gate.release_shared()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        assert remap_held.wait(5)
+        assert not entered.wait(0.3), "a reader got in while a remap held the gate"
+    finally:
+        release_remap.set()
+    assert entered.wait(5), "the reader never got in after the remap"
+    t.join(5)
 
 
 def test_readonly_and_open_errors(tmp_path: Path) -> None:
