@@ -4,6 +4,9 @@ reply bytes as the general path, for any mix of GETs, other commands and cut req
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -221,6 +224,75 @@ def test_get_only_reads_take_the_batch_path_and_replies_stay_in_order(
         finally:
             fp.gets = real
             s.call(_delete(s, b"ord"))
+
+
+def test_single_gets_that_miss_share_one_store_read_per_round(
+    servers: tuple[ServerThread, ServerThread, ServerThread],
+) -> None:
+    """Clients that each send one GET (and wait for it): the cache misses of a round of
+    I/O are read in one store transaction (RespServer.defer_read), each client gets its
+    own reply in its protocol, and a key whose read fails gets its own error."""
+    fast, shm, _ = servers
+    for s in (fast, shm):
+        store = s.backend.store
+        store.broken.add(b"sick")
+        keys = [b"k2", b"nope", b"k1", b"sick", b"big"] * 6
+        socks = []
+        try:
+            for i in range(len(keys)):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.settimeout(10)
+                c.connect(s.path)
+                socks.append(c)
+                if i % 2:  # RESP3 for every other client
+                    c.sendall(pack(b"HELLO", b"3"))
+                    r = hiredis.Reader()
+                    while r.gets() is False:
+                        r.feed(c.recv(1 << 16))
+
+            async def stall() -> None:
+                time.sleep(0.3)  # the server's loop sleeps: every GET below waits for one round
+
+            before = store.get_manys
+            asyncio.run_coroutine_threadsafe(stall(), s.loop)  # type: ignore[arg-type]
+            time.sleep(0.05)
+            for c, k in zip(socks, keys, strict=True):
+                c.sendall(pack(b"GET", k))
+            replies = []
+            for c in socks:
+                r = hiredis.Reader()
+                reply: Any = False
+                while reply is False:
+                    r.feed(c.recv(1 << 17))
+                    reply = r.gets()
+                replies.append(reply)
+            for k, reply in zip(keys, replies, strict=True):
+                if k == b"sick":
+                    assert isinstance(reply, hiredis.ReplyError) and "broken (test)" in str(reply)
+                elif k == b"nope":
+                    assert reply is None
+                else:
+                    assert reply == {b"k1": b"v1", b"k2": b"\x00\r\n binary", b"big": b"B" * 70_000}[k]
+            # one read for the round, then one per key once a read failed (the broken one)
+            assert store.get_manys - before <= len(keys) + 2
+            store.broken.clear()
+            before = store.get_manys
+            asyncio.run_coroutine_threadsafe(stall(), s.loop)  # type: ignore[arg-type]
+            time.sleep(0.05)
+            for i, c in enumerate(socks):  # keys that are nowhere: never cached, each a miss
+                c.sendall(pack(b"GET", b"absent-%d" % i))
+            for c in socks:
+                r = hiredis.Reader()
+                reply = False
+                while reply is False:
+                    r.feed(c.recv(1 << 16))
+                    reply = r.gets()
+                assert reply is None
+            assert store.get_manys - before <= 2, "the round's misses were not read together"
+        finally:
+            store.broken.clear()
+            for c in socks:
+                c.close()
 
 
 async def _delete(s: ServerThread, key: bytes) -> None:

@@ -93,6 +93,7 @@ class Connection(asyncio.Protocol):
         self.gets = self.fast.gets
         self.outbox = server.outbox  # deferred writes (RespServer.defer_write), in order
         self.defer_write = server.defer_write
+        self.defer_read = server.defer_read
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -163,7 +164,10 @@ class Connection(asyncio.Protocol):
             self.session.last_cmd = b"GET"
             t = self.transport
             if t is not None and not t.is_closing():
-                self.defer_write(t, reply)
+                if reply:
+                    self.defer_write(t, reply)
+                else:  # one GET that missed the cache: read with the round's other misses
+                    self.defer_read(t, keys[0], self.session.proto)
             self.queued_bytes = 0
             if self.eof or self.read_paused:
                 self._finish()
@@ -536,7 +540,7 @@ class Connection(asyncio.Protocol):
 
     def _error(self, e: Exception, args: list[bytes] | None) -> bytes:
         self.server.stats["error_replies"] += 1
-        return _error_reply(e, args)
+        return error_reply(e, args)
 
     def _protocol_error(self, msg: str) -> bytes:
         self.server.stats["protocol_errors"] += 1
@@ -557,7 +561,7 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _error_reply(e: Exception, args: list[bytes] | None) -> bytes:
+def error_reply(e: Exception, args: list[bytes] | None) -> bytes:
     if isinstance(e, CommandError):
         return resp.error(str(e))
     if isinstance(e, TryAgain):

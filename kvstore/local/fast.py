@@ -241,16 +241,13 @@ class FastPath:
             failed (the connection then takes these requests the general way, which
             reads them again and answers any error). Loops without a call per key where
             it can: the memo in one comprehension, the cache misses in one store read
-            per MAX_PENDING of them."""
+            per MAX_PENDING of them. A single GET that missed the cache gets PENDING:
+            the connection hands it to RespServer.defer_read, which reads the misses of
+            every connection of a round of I/O in one store transaction."""
             if len(keys) == 1:  # one GET (a client that waits for each reply): no loops
                 v = cache_get(keys[0]) if cache_get is not None else None
-                if v is None:
-                    try:
-                        v = uncached(keys)[0]  # type: ignore[misc]
-                    except Exception:
-                        return None
-                    if v is None:
-                        return NULL3 if proto == 3 else QUEUED_NULL2
+                if v is None:  # the connection defers it (RespServer.defer_read)
+                    return PENDING
                 return bulk(v) if len(v) <= MAX_BATCH_REPLY else None
             out: list[bytes | None] = cache_replies(keys) if cache_replies is not None else [None] * len(keys)
             missed = out.count(None)

@@ -23,8 +23,9 @@ from typing import Any
 from kvstore.errors import KVError
 from kvstore.local.backend import Backend
 from kvstore.local.commands import Commands, Session
-from kvstore.local.connection import Connection
-from kvstore.local.resp import Limits
+from kvstore.local.connection import Connection, error_reply
+from kvstore.local.fast import bulk
+from kvstore.local.resp import NULL3, QUEUED_NULL2, Limits
 
 __all__ = ["Limits", "RespServer", "bind_unix"]
 
@@ -56,12 +57,15 @@ class RespServer:
         self.socket = sock
         self._own_path = sock is None
         self.commands: Commands = Commands(backend, limits, self, internal=internal)
+        self._get_uncached: Any = self.commands.fast.get_uncached
         self.started = time.monotonic()
         self._server: asyncio.AbstractServer | None = None
         self.conns: set[Connection] = set()
         # Replies of the hot path, written once every connection that was ready has been
         # read (see Connection.data_received): [transport, bytes, transport, bytes, ...]
         self.outbox: list[Any] = []
+        # GETs of the outbox still to read (defer_read): (outbox index, key, protocol)
+        self.reads: list[tuple[int, bytes, int]] = []
         self._call_soon: Any = None
         self._flush_cb: Any = None
         self._flush_ctx: Any = None
@@ -97,6 +101,37 @@ class RespServer:
         box.append(transport)
         box.append(data)
 
+    def defer_read(self, transport: Any, key: bytes, proto: int) -> None:
+        """defer_write of the reply to `GET key`, read from the store when the outbox is
+        written: the cache misses of every client of this round of I/O share one read
+        transaction (a client that waits for each reply sends one GET per round, and a
+        transaction costs about as much as the lookup itself)."""
+        box = self.outbox
+        if not box:
+            self.schedule_flush()
+        self.reads.append((len(box) + 1, key, proto))
+        box.append(transport)
+        box.append(None)
+
+    def _answer_reads(self, box: list[Any]) -> None:
+        reads = self.reads
+        self.reads = []
+        get = self._get_uncached
+        try:
+            values = get([k for _, k, _ in reads])
+        except Exception:  # one by one: each GET gets the answer the general path gives it
+            for i, k, proto in reads:
+                try:
+                    v = get([k])[0]
+                except Exception as e:
+                    self.stats["error_replies"] += 1
+                    box[i] = error_reply(e, [b"GET", k])
+                else:
+                    box[i] = (NULL3 if proto == 3 else QUEUED_NULL2) if v is None else bulk(v)
+            return
+        for (i, _, proto), v in zip(reads, values, strict=True):
+            box[i] = (NULL3 if proto == 3 else QUEUED_NULL2) if v is None else bulk(v)
+
     def schedule_flush(self) -> None:
         """Run flush_outbox after this round of I/O (call when the outbox becomes non-empty)."""
         if self._call_soon is None:
@@ -111,6 +146,8 @@ class RespServer:
         box = self.outbox
         if not box:
             return
+        if self.reads:
+            self._answer_reads(box)
         items = iter(box[:])
         box.clear()
         for t, data in zip(items, items, strict=True):
