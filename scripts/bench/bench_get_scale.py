@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
-"""Pipelined GET with many keys against few (issue 6), on one node, with redis-benchmark.
+"""GET at 1,000,000 keys against 10,000 keys (issue 6), on one node, with redis-server
+as the peer in the same run.
 
 A single node (no replication, writes fsynced, 64 MiB shared-memory cache) is loaded
 through its socket with 100-byte values under redis-benchmark's key names
-(`key:%012d`), first --small keys, then up to --keys; after each load,
+(`key:%012d`), first --small keys, then up to --keys; after each load, for each depth P
+in --depths,
 
-    redis-benchmark -s SOCK -t get -P 16 -c 50 -n N -r KEYS
+    redis-benchmark -s SOCK -t get -P P -c 50 -n N -r KEYS
 
-reads random keys over the whole keyspace. At 10,000 keys every value is in the cache;
-at 1,000,000 most are not (the cache holds ~390,000 such entries), so most GETs read
-LMDB. The figure of merit is the ratio of the two rates (target >= 0.8). Each rate is
-the median of --runs, after one warm-up run; the node's CPU time per request is given
-too (the machine is shared: CPU per request is steadier than the rate).
+reads random keys over the whole keyspace: P = 1 is redis-benchmark's default (each
+client waits for its reply), P = 16 pipelines. At 10,000 keys every value is in the
+node's cache; at 1,000,000 most are not (the cache holds ~390,000 such entries), so
+most GETs read LMDB. The figure of merit is the ratio of the two rates (target >= 0.8).
+redis-server, loaded and read the same way, shows what the same growth costs a store
+that keeps everything in memory. After the reads at --keys, each server's memory is
+read from /proc (VmRSS, and its parts: own heap, mapped files, shared memory). Each rate is the median of --runs, after one warm-up
+run; the server's CPU time per request is given too (the machine is shared: CPU per
+request is steadier than the rate).
 
-    .venv/bin/python scripts/bench/bench_get_scale.py [--keys 1000000] [--runs 3]
+    .venv/bin/python scripts/bench/bench_get_scale.py [--keys 1000000] [--runs 3] [--depths 1,16]
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_resp import cpu_seconds, start_kvstore  # noqa: E402
+from bench_resp import cpu_seconds, start_kvstore, start_redis  # noqa: E402
+from bench_snapshot import mem  # noqa: E402
 
 from kvstore.bench.common import machine_info  # noqa: E402
 from kvstore.local.client import Client  # noqa: E402
@@ -81,15 +90,41 @@ def get_rate(
     return rps, cpu / n * 1e6
 
 
-def measure(sock: str, pids: list[int], keys: int, args: argparse.Namespace) -> dict[str, Any]:
-    get_rate(sock, pids, keys, args.n, args.pipeline, args.clients)  # warm-up
-    runs = [get_rate(sock, pids, keys, args.n, args.pipeline, args.clients) for _ in range(args.runs)]
+def measure(sock: str, pids: list[int], keys: int, pipeline: int, args: argparse.Namespace) -> dict[str, Any]:
+    n = args.n if pipeline >= 16 else args.n * 3 // 10  # unpipelined runs: fewer, about as long
+    get_rate(sock, pids, keys, n, pipeline, args.clients)  # warm-up
+    runs = [get_rate(sock, pids, keys, n, pipeline, args.clients) for _ in range(args.runs)]
     return {
         "keys": keys,
+        "pipeline": pipeline,
         "rps": statistics.median(r for r, _ in runs),
         "cpu_us_per_req": statistics.median(c for _, c in runs),
         "runs": runs,
     }
+
+
+def run_target(name: str, t: Any, args: argparse.Namespace, depths: list[int]) -> dict[str, Any]:
+    """Load --small keys, read at each depth; load up to --keys, read again."""
+    pids = server_pids(t.proc.pid)
+    out: dict[str, Any] = {"load_small_s": round(load(t.sock, 0, args.small), 1), "small": {}, "big": {}}
+    for p in depths:
+        m = out["small"][p] = measure(t.sock, pids, args.small, p, args)
+        print(f"{name}: {args.small:,} keys, -P {p}: {m['rps']:,.0f} GET/s, "
+              f"{m['cpu_us_per_req']:.2f} µs CPU/request", flush=True)  # fmt: skip
+    out["load_big_s"] = round(load(t.sock, args.small, args.keys), 1)
+    for p in depths:
+        m = out["big"][p] = measure(t.sock, pids, args.keys, p, args)
+        print(f"{name}: {args.keys:,} keys, -P {p}: {m['rps']:,.0f} GET/s, "
+              f"{m['cpu_us_per_req']:.2f} µs CPU/request", flush=True)  # fmt: skip
+    out["memory_mb"] = m = mem(t.proc.pid)  # after the reads at --keys
+    print(f"{name}: memory at {args.keys:,} keys: VmRSS {m['VmRSS']} MB = own heap (RssAnon) {m['RssAnon']}"
+          f" + mapped files (RssFile: LMDB) {m['RssFile']} + shared memory (the cache) {m['RssShmem']}",
+          flush=True)  # fmt: skip
+    out["ratio"] = {p: round(out["big"][p]["rps"] / out["small"][p]["rps"], 2) for p in depths}
+    out["cpu_ratio"] = {
+        p: round(out["small"][p]["cpu_us_per_req"] / out["big"][p]["cpu_us_per_req"], 2) for p in depths
+    }
+    return out
 
 
 def main() -> None:
@@ -97,36 +132,44 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("-n", type=int, default=1_000_000, help="requests per redis-benchmark run")
-    ap.add_argument("-P", "--pipeline", type=int, default=16)
+    ap.add_argument("-n", type=int, default=1_000_000, help="requests per redis-benchmark run (3/10 of it unpipelined)")
+    ap.add_argument("--depths", default="1,16", help="pipeline depths, comma separated")
     ap.add_argument("-c", "--clients", type=int, default=50)
     ap.add_argument("--workers", type=int, default=0, help="RESP worker processes besides the node's own")
+    ap.add_argument("--cache-mb", type=int, default=64, help="the node's shared-memory cache, MiB")
+    ap.add_argument("--no-redis", dest="redis", action="store_false", help="skip the redis-server peer")
     ap.add_argument("--json", default=str(ROOT / "bench-results" / "get_scale.json"))
     args = ap.parse_args()
+    depths = [int(x) for x in args.depths.split(",")]
+    for tool in ("redis-benchmark",) + (("redis-server",) if args.redis else ()):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install redis-tools redis-server)")
     out: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "params": {k: v for k, v in vars(args).items() if k != "json"},
     }
     with tempfile.TemporaryDirectory(prefix="kvs-getscale-") as d:
-        t = start_kvstore(d, args.workers, True)
+        t = start_kvstore(f"{d}", args.workers, True, args.cache_mb)
         try:
-            pids = server_pids(t.proc.pid)
-            out["load_small_s"] = round(load(t.sock, 0, args.small), 1)
-            small = measure(t.sock, pids, args.small, args)
-            print(f"{args.small:,} keys: {small['rps']:,.0f} GET/s, {small['cpu_us_per_req']:.2f} µs CPU/request",
-                  flush=True)  # fmt: skip
-            out["load_big_s"] = round(load(t.sock, args.small, args.keys), 1)
-            big = measure(t.sock, pids, args.keys, args)
-            print(f"{args.keys:,} keys: {big['rps']:,.0f} GET/s, {big['cpu_us_per_req']:.2f} µs CPU/request",
-                  flush=True)  # fmt: skip
+            out["kvstore"] = run_target("kvstore", t, args, depths)
+            out["kvstore"]["lmdb_file_mb"] = round(os.path.getsize(f"{d}/data/data.mdb") / (1 << 20))
         finally:
             t.stop()
-    out["small"], out["big"] = small, big
-    out["ratio"] = round(big["rps"] / small["rps"], 2)
-    out["cpu_ratio"] = round(small["cpu_us_per_req"] / big["cpu_us_per_req"], 2)
-    print(f"ratio {args.keys:,} / {args.small:,} keys: {out['ratio']:.2f} by rate, "
-          f"{out['cpu_ratio']:.2f} by CPU per request (target >= 0.8)")  # fmt: skip
+        if args.redis:
+            os.mkdir(f"{d}/redis")
+            r = start_redis(f"{d}/redis")
+            try:
+                out["redis"] = run_target("redis-server", r, args, depths)
+            finally:
+                r.stop()
+    print(f"\nGET rate at {args.keys:,} keys / at {args.small:,} keys (target >= 0.8 for kvstore):")
+    for p in depths:
+        line = f"  -P {p:<3} kvstore {out['kvstore']['ratio'][p]:.2f} (by CPU per request " \
+               f"{out['kvstore']['cpu_ratio'][p]:.2f})"
+        if args.redis:
+            line += f"   redis-server {out['redis']['ratio'][p]:.2f}"
+        print(line)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.json}")

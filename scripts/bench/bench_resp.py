@@ -43,12 +43,14 @@ from kvstore.bench.common import machine_info, proc_cpu_s  # noqa: E402
 # -- our node, in a child process ----------------------------------------------------------
 
 
-async def _serve(d: str, workers: int, sync: bool, cache: str) -> None:
+async def _serve(d: str, workers: int, sync: bool, cache: str, cache_mb: int) -> None:
     from kvstore.local.server import RespServer
     from kvstore.local.single import SingleNodeBackend
     from kvstore.local.workers import WorkerPool
 
-    backend = SingleNodeBackend.open(f"{d}/data", cache_name=cache, sync=sync, map_size=256 << 20)
+    backend = SingleNodeBackend.open(
+        f"{d}/data", cache_name=cache, cache_size=cache_mb << 20, sync=sync, map_size=512 << 20
+    )
     server = RespServer(backend, f"{d}/kv.sock")
     await server.start()
     pool = None
@@ -79,8 +81,8 @@ async def _serve(d: str, workers: int, sync: bool, cache: str) -> None:
 def serve_main(argv: list[str]) -> None:
     import uvloop
 
-    d, workers, sync, cache = argv[0], int(argv[1]), argv[2] == "1", argv[3]
-    uvloop.run(_serve(d, workers, sync, cache))
+    d, workers, sync, cache, cache_mb = argv[0], int(argv[1]), argv[2] == "1", argv[3], int(argv[4])
+    uvloop.run(_serve(d, workers, sync, cache, cache_mb))
 
 
 class Target:
@@ -97,10 +99,10 @@ class Target:
                 self.proc.wait()
 
 
-def start_kvstore(d: str, workers: int, sync: bool) -> Target:
+def start_kvstore(d: str, workers: int, sync: bool, cache_mb: int = 64) -> Target:
     cache = f"/kvs-bench-{uuid.uuid4().hex[:10]}"
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", d, str(workers), "1" if sync else "0", cache],
+        [sys.executable, __file__, "--serve", d, str(workers), "1" if sync else "0", cache, str(cache_mb)],
         stdout=subprocess.PIPE,
         text=True,
     )
