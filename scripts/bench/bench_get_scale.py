@@ -2,24 +2,26 @@
 """GET at 1,000,000 keys against 10,000 keys (issue 6), on one node, with redis-server
 as the peer in the same run.
 
-A single node (no replication, writes fsynced, 64 MiB shared-memory cache) is loaded
-through its socket with 100-byte values under redis-benchmark's key names
-(`key:%012d`), first --small keys, then up to --keys; after each load, for each depth P
-in --depths,
+Two single nodes (no replication, writes fsynced, 64 MiB shared-memory cache each) are
+loaded through their sockets with 100-byte values under redis-benchmark's key names
+(`key:%012d`), one with --small keys and one with --keys; then, for each depth P in
+--depths, runs alternate between the two (so the shared machine's drift falls on both),
 
     redis-benchmark -s SOCK -t get -P P -c 50 -n N -r KEYS
 
-reads random keys over the whole keyspace: P = 1 is redis-benchmark's default (each
+reads random keys over each one's whole keyspace: P = 1 is redis-benchmark's default (each
 client waits for its reply), P = 16 pipelines. At 10,000 keys every value is in the
 node's cache; at 1,000,000 most are not (the cache holds ~390,000 such entries), so
 most GETs read LMDB. The figure of merit is the ratio of the two rates (target >= 0.8).
 redis-server, loaded and read the same way, shows what the same growth costs a store
-that keeps everything in memory. After the reads at --keys, each server's memory is
-read from /proc (VmRSS, and its parts: own heap, mapped files, shared memory). Each rate is the median of --runs, after one warm-up
-run; the server's CPU time per request is given too (the machine is shared: CPU per
-request is steadier than the rate).
+that keeps everything in memory (two redis-servers, alternated the same way). After
+the reads, the memory of the server holding --keys is read from /proc (VmRSS, and its
+parts: own heap, mapped files, shared memory). Each rate is the median of --runs (4 by
+default, so each server runs first in half of them), after one warm-up run; the
+server's CPU time per request is given too (the machine is shared: CPU per request is
+steadier than the rate).
 
-    .venv/bin/python scripts/bench/bench_get_scale.py [--keys 1000000] [--runs 3] [--depths 1,16]
+    .venv/bin/python scripts/bench/bench_get_scale.py [--keys 1000000] [--runs 4] [--depths 1,16]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,36 +93,49 @@ def get_rate(
     return rps, cpu / n * 1e6
 
 
-def measure(sock: str, pids: list[int], keys: int, pipeline: int, args: argparse.Namespace) -> dict[str, Any]:
-    n = args.n if pipeline >= 16 else args.n * 3 // 10  # unpipelined runs: fewer, about as long
-    get_rate(sock, pids, keys, n, pipeline, args.clients)  # warm-up
-    runs = [get_rate(sock, pids, keys, n, pipeline, args.clients) for _ in range(args.runs)]
-    return {
-        "keys": keys,
-        "pipeline": pipeline,
-        "rps": statistics.median(r for r, _ in runs),
-        "cpu_us_per_req": statistics.median(c for _, c in runs),
-        "runs": runs,
-    }
-
-
-def run_target(name: str, t: Any, args: argparse.Namespace, depths: list[int]) -> dict[str, Any]:
-    """Load --small keys, read at each depth; load up to --keys, read again."""
-    pids = server_pids(t.proc.pid)
-    out: dict[str, Any] = {"load_small_s": round(load(t.sock, 0, args.small), 1), "small": {}, "big": {}}
-    for p in depths:
-        m = out["small"][p] = measure(t.sock, pids, args.small, p, args)
-        print(f"{name}: {args.small:,} keys, -P {p}: {m['rps']:,.0f} GET/s, "
-              f"{m['cpu_us_per_req']:.2f} µs CPU/request", flush=True)  # fmt: skip
-    out["load_big_s"] = round(load(t.sock, args.small, args.keys), 1)
-    for p in depths:
-        m = out["big"][p] = measure(t.sock, pids, args.keys, p, args)
-        print(f"{name}: {args.keys:,} keys, -P {p}: {m['rps']:,.0f} GET/s, "
-              f"{m['cpu_us_per_req']:.2f} µs CPU/request", flush=True)  # fmt: skip
-    out["memory_mb"] = m = mem(t.proc.pid)  # after the reads at --keys
-    print(f"{name}: memory at {args.keys:,} keys: VmRSS {m['VmRSS']} MB = own heap (RssAnon) {m['RssAnon']}"
-          f" + mapped files (RssFile: LMDB) {m['RssFile']} + shared memory (the cache) {m['RssShmem']}",
-          flush=True)  # fmt: skip
+def run_pair(name: str, start: Callable[[str], Any], d: str, args: argparse.Namespace,
+             depths: list[int]) -> dict[str, Any]:
+    """Two servers side by side, one loaded with --small keys and one with --keys; the
+    runs at each depth alternate between them (small, big, then big, small, ...), so the
+    machine's drift (it is shared) falls on both alike."""
+    os.mkdir(f"{d}/small")
+    os.mkdir(f"{d}/big")
+    small = start(f"{d}/small")
+    try:
+        big = start(f"{d}/big")
+        try:
+            out: dict[str, Any] = {"load_small_s": round(load(small.sock, 0, args.small), 1),
+                                   "load_big_s": round(load(big.sock, 0, args.keys), 1)}
+            out["lmdb_file_mb"] = {k: round(os.path.getsize(f"{d}/{k}/data/data.mdb") / (1 << 20))
+                                   for k in ("small", "big") if os.path.exists(f"{d}/{k}/data/data.mdb")}
+            targets = {"small": (small, server_pids(small.proc.pid), args.small),
+                       "big": (big, server_pids(big.proc.pid), args.keys)}
+            for p in depths:
+                n = args.n if p >= 16 else args.n * 3 // 10  # unpipelined runs: fewer, about as long
+                runs: dict[str, list[tuple[float, float]]] = {"small": [], "big": []}
+                for t, pids, keys in targets.values():
+                    get_rate(t.sock, pids, keys, n, p, args.clients)  # warm-up
+                for r in range(args.runs):
+                    for which in ("small", "big") if r % 2 == 0 else ("big", "small"):
+                        t, pids, keys = targets[which]
+                        runs[which].append(get_rate(t.sock, pids, keys, n, p, args.clients))
+                for which, (_, _, keys) in targets.items():
+                    m = out.setdefault(which, {})[p] = {
+                        "keys": keys, "pipeline": p,
+                        "rps": statistics.median(r for r, _ in runs[which]),
+                        "cpu_us_per_req": statistics.median(c for _, c in runs[which]),
+                        "runs": runs[which],
+                    }
+                    print(f"{name}: {keys:,} keys, -P {p}: {m['rps']:,.0f} GET/s, "
+                          f"{m['cpu_us_per_req']:.2f} µs CPU/request", flush=True)  # fmt: skip
+            out["memory_mb"] = m = mem(big.proc.pid)  # after the reads at --keys
+            print(f"{name}: memory at {args.keys:,} keys: VmRSS {m['VmRSS']} MB = own heap (RssAnon) {m['RssAnon']}"
+                  f" + mapped files (RssFile: LMDB) {m['RssFile']} + shared memory (the cache) {m['RssShmem']}",
+                  flush=True)  # fmt: skip
+        finally:
+            big.stop()
+    finally:
+        small.stop()
     out["ratio"] = {p: round(out["big"][p]["rps"] / out["small"][p]["rps"], 2) for p in depths}
     out["cpu_ratio"] = {
         p: round(out["small"][p]["cpu_us_per_req"] / out["big"][p]["cpu_us_per_req"], 2) for p in depths
@@ -131,7 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--small", type=int, default=10_000)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("-n", type=int, default=1_000_000, help="requests per redis-benchmark run (3/10 of it unpipelined)")
     ap.add_argument("--depths", default="1,16", help="pipeline depths, comma separated")
     ap.add_argument("-c", "--clients", type=int, default=50)
@@ -150,19 +166,13 @@ def main() -> None:
         "params": {k: v for k, v in vars(args).items() if k != "json"},
     }
     with tempfile.TemporaryDirectory(prefix="kvs-getscale-") as d:
-        t = start_kvstore(f"{d}", args.workers, True, args.cache_mb)
-        try:
-            out["kvstore"] = run_target("kvstore", t, args, depths)
-            out["kvstore"]["lmdb_file_mb"] = round(os.path.getsize(f"{d}/data/data.mdb") / (1 << 20))
-        finally:
-            t.stop()
+        os.mkdir(f"{d}/kvstore")
+        out["kvstore"] = run_pair(
+            "kvstore", lambda sub: start_kvstore(sub, args.workers, True, args.cache_mb), f"{d}/kvstore", args, depths
+        )
         if args.redis:
             os.mkdir(f"{d}/redis")
-            r = start_redis(f"{d}/redis")
-            try:
-                out["redis"] = run_target("redis-server", r, args, depths)
-            finally:
-                r.stop()
+            out["redis"] = run_pair("redis-server", start_redis, f"{d}/redis", args, depths)
     print(f"\nGET rate at {args.keys:,} keys / at {args.small:,} keys (target >= 0.8 for kvstore):")
     for p in depths:
         line = f"  -P {p:<3} kvstore {out['kvstore']['ratio'][p]:.2f} (by CPU per request " \
