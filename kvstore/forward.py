@@ -3,8 +3,11 @@
 All writes a follower receives join one queue; one batch at a time goes to the leader
 (one `Propose` RPC), which proposes them in order and answers each once applied. So a
 client's pipeline keeps its order, and many clients share one round trip: the
-follower-side half of group commit. A batch the leader certainly did not take (it was
-not the leader, or could not be reached) is retried whole, at the new leader.
+follower-side half of group commit. The next batch leaves as soon as the leader has
+answered (it applied the batch before, so order holds); waiting for this node to apply
+the batch too, before its writes are answered, happens beside it. A batch the leader
+certainly did not take (it was not the leader, or could not be reached) is retried
+whole, at the new leader.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Forwarder:
         self.wake = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name="forwarder")
         self.batches = 0
+        self._settling: set[asyncio.Task[None]] = set()  # batches the leader answered
 
     def submit(self, cmd: sm.Command, deadline: float) -> asyncio.Future[sm.Result]:
         fut: asyncio.Future[sm.Result] = asyncio.get_running_loop().create_future()
@@ -51,11 +55,13 @@ class Forwarder:
         return fut
 
     async def close(self) -> None:
-        self.task.cancel()
-        try:
-            await self.task
-        except (asyncio.CancelledError, Exception):
-            pass
+        for t in [self.task, *self._settling]:
+            t.cancel()
+        for t in [self.task, *self._settling]:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
         for _, fut, _ in self.queue:
             if not fut.done():
                 fut.set_exception(TryAgain("node is stopping"))
@@ -114,7 +120,9 @@ class Forwarder:
                         fut.set_exception(err)
                 return
             self.batches += 1
-            await self._settle(batch, resp, deadline)
+            t = asyncio.ensure_future(self._settle(batch, resp, deadline))
+            self._settling.add(t)
+            t.add_done_callback(self._settling.discard)
             return
 
     async def _propose_here(self, batch: list[_Item], deadline: float) -> None:
@@ -139,6 +147,11 @@ class Forwarder:
                 await self.node.wait_applied(top, max(0.01, deadline - loop.time()))
             except TimeoutError:
                 applied_here = False
+            except asyncio.CancelledError:  # the node is stopping
+                for _, fut, _ in batch:
+                    if not fut.done():
+                        fut.set_exception(Unknown("node stopped before it applied the write here"))
+                raise
         for (_, fut, _), r in zip(batch, resp.results, strict=False):
             if fut.done():
                 continue

@@ -13,7 +13,7 @@ from kvstore.cluster import procs
 from kvstore.config import ClusterConfig
 from kvstore.drills.proxy import ProxyMesh
 
-from clusterutil import client, leader, running_cluster, status, wait_until
+from clusterutil import client, leader, running_cluster, sock, status, wait_until
 
 
 def test_writes_at_a_follower_are_read_linearizably_everywhere(tmp_path: Path) -> None:
@@ -29,6 +29,53 @@ def test_writes_at_a_follower_are_read_linearizably_everywhere(tmp_path: Path) -
         assert c.set("swap", "b", get=True) == b"a"
         assert c.set("swap", "c", nx=True) is None
         assert client(d, ld).get("swap") == b"b"
+
+
+def test_pipelines_through_a_follower_keep_their_order_and_read_their_writes(tmp_path: Path) -> None:
+    """Forwarded writes travel in batches (kvstore/forward.py): the next batch leaves once
+    the leader answered the last, while this node waits to apply it. Several clients
+    pipeline SET ... GET chains through one follower (so each reply names the value
+    before it: any reordering breaks the chain), and each client's next local read on
+    that follower sees its last write."""
+    import threading
+
+    from kvstore.local.client import Client
+
+    with running_cluster(tmp_path) as d:
+        ld = leader(d)
+        f = next(n for n in ("n1", "n2", "n3") if n != ld)
+        errors: list[str] = []
+
+        def chain(c: int) -> None:
+            try:
+                r = client(d, f, timeout=30)
+                p = r.pipeline(transaction=False)
+                for i in range(600):
+                    p.set(f"chain{c}", str(i), get=True)
+                got = p.execute()
+                want = [None] + [str(i).encode() for i in range(599)]
+                if got != want:
+                    bad = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+                    errors.append(f"client {c}: reply {bad} is {got[bad]!r}, not {want[bad]!r}")
+                with Client(sock(d, f), readonly=True) as local:
+                    if local.get(f"chain{c}") != b"599":
+                        errors.append(f"client {c}: a local read on {f} missed its last write")
+                    for i in range(30):  # one write at a time, each read back locally at once
+                        r.set(f"one{c}", str(i))
+                        if local.get(f"one{c}") != str(i).encode():
+                            errors.append(f"client {c}: a local read on {f} missed write {i}")
+                            break
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"client {c}: {e!r}")
+
+        threads = [threading.Thread(target=chain, args=(c,)) for c in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        for c in range(4):
+            assert client(d, ld).get(f"chain{c}") == b"599"
 
 
 def test_killing_the_leader_elects_another_and_writes_resume(tmp_path: Path) -> None:
