@@ -49,7 +49,7 @@ async def _serve(d: str, workers: int, sync: bool, cache: str, cache_mb: int) ->
     from kvstore.local.workers import WorkerPool
 
     backend = SingleNodeBackend.open(
-        f"{d}/data", cache_name=cache, cache_size=cache_mb << 20, sync=sync, map_size=512 << 20
+        f"{d}/data", cache_name=cache, cache_size=cache_mb << 20, sync=sync, map_size=256 << 20
     )
     server = RespServer(backend, f"{d}/kv.sock")
     await server.start()
