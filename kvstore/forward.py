@@ -139,6 +139,18 @@ class Forwarder:
                 fut.set_result(res)
 
     async def _settle(self, batch: list[_Item], resp: pb.ProposeResponse, deadline: float) -> None:
+        """Answer a batch the leader answered, once applied here (a task of its own)."""
+        try:
+            await self._settle_batch(batch, resp, deadline)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # never leave a client waiting on a broken batch
+            log.exception("%s: answering a forwarded batch failed", self.node.name)
+            for _, fut, _ in batch:
+                if not fut.done():
+                    fut.set_exception(Unknown(f"forwarding failed: {e}"))
+
+    async def _settle_batch(self, batch: list[_Item], resp: pb.ProposeResponse, deadline: float) -> None:
         loop = asyncio.get_running_loop()
         top = max((r.index for r in resp.results if r.status == pb.ProposeResult.APPLIED), default=0)
         applied_here = True

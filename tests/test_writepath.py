@@ -128,3 +128,50 @@ def test_a_submitted_write_resolves_with_its_result_and_is_counted_once() -> Non
         assert lead.counted == [("set", "ok"), ("set", "unknown")]
 
     asyncio.run(main())
+
+
+def test_a_forwarded_batch_is_answered_after_the_local_apply_and_a_bad_answer_fails_it() -> None:
+    """Forwarder._settle runs beside the forwarding loop: each write gets its result once
+    this node applied the leader's index, and a batch whose answer cannot be read fails
+    UNKNOWN instead of leaving its clients waiting."""
+    from kvstore.forward import Forwarder
+    from kvstore.rpc.pb import raft_pb2 as pb
+
+    async def go() -> None:
+        applied: list[int] = []
+        gate = asyncio.Event()
+
+        async def wait_applied(index: int, timeout: float) -> None:
+            await gate.wait()
+            applied.append(index)
+
+        node = SimpleNamespace(name="n2", wait_applied=wait_applied)
+        fw = Forwarder(node)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        try:
+            futs = [loop.create_future() for _ in range(3)]
+            batch: list[Any] = [(sm.Set(b"k", b"v", False, False, False), f, loop.time() + 5) for f in futs]
+            ok = sm.encode_result(sm.SetResult(True, None))
+            resp = pb.ProposeResponse(results=[
+                pb.ProposeResult(status=pb.ProposeResult.APPLIED, result=ok, index=7),
+                pb.ProposeResult(status=pb.ProposeResult.NOT_APPLIED, error="dropped"),
+            ])
+            task = asyncio.ensure_future(fw._settle(batch, resp, loop.time() + 5))
+            await asyncio.sleep(0.01)
+            assert not any(f.done() for f in futs), "answered before the local apply"
+            gate.set()
+            await task
+            assert applied == [7]
+            assert futs[0].result() == sm.SetResult(True, None)
+            assert isinstance(futs[1].exception(), TryAgain)
+            assert isinstance(futs[2].exception(), Unknown)  # the answer had no third result
+
+            bad = [loop.create_future()]
+            resp = pb.ProposeResponse(results=[pb.ProposeResult(status=pb.ProposeResult.APPLIED, result=b"?", index=8)])
+            await fw._settle([(sm.Set(b"k", b"v", False, False, False), bad[0], loop.time() + 5)], resp,
+                             loop.time() + 5)
+            assert isinstance(bad[0].exception(), Unknown)
+        finally:
+            await fw.close()
+
+    asyncio.run(go())
