@@ -111,6 +111,7 @@ class Node(WritePath):
         self._io = ThreadPoolExecutor(1, thread_name_prefix="kvstore-io")
         self._snap_senders: dict[str, asyncio.Task[None]] = {}
         self._compacting = False
+        self.cache_paused = False  # a snapshot install empties the cache and keeps it empty
         self._leader_stubs: dict[str, tuple[grpc.aio.Channel, pbg.RaftStub]] = {}
         self.addresses = {n.name: n.grpc_address for n in cfg.nodes}
         # Drills route each link through a fault-injecting proxy: {"n2": "127.0.0.1:9012", ...}
@@ -480,7 +481,7 @@ class Node(WritePath):
         for out in outs:
             if out is not _SKIPPED:
                 latest.update(out[1])
-        if latest:
+        if latest and not self.cache_paused:
             self.cache.put_many([(k, v) for k, v in latest.items() if v is not None and not (skip and k in skip)])
         self.applied = max(self.applied, items[-1][0].index)
         self.applied_writes += sum(len(cs) for _, cs, _ in items if cs)

@@ -485,15 +485,22 @@ class Receiver:
         try:
             if index > node.applied:
                 loop = asyncio.get_running_loop()
+                # The cache is emptied, and kept empty, until the swap is done: reads go to
+                # LMDB, which switches from the old state to the new in one commit. (Were
+                # the cache cleared only after, a read between LMDB's commit and the clear
+                # could find a cached value older than one LMDB already served.)
+                node.cache_paused = True
+                node.cache.clear()
                 try:
                     await loop.run_in_executor(node._io, node.store.replace_all, read_pairs(p.data), index)
                 except KVError:
                     if node.store.closed:  # swapped, then could not reopen: nothing can go on
-                        node.cache.clear()
                         log.error("%s: the store closed during a snapshot install; stopping", node.name)
                         node._stopping.set()
                     raise
-                node.cache.clear()
+                finally:
+                    node.cache.clear()  # what an apply that finished meanwhile may have put
+                    node.cache_paused = False
                 node.applied = max(node.applied, index)
                 node._wake_applied()
                 node.metrics.snapshots.labels("installed").inc()

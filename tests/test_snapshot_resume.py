@@ -292,3 +292,34 @@ def test_a_view_killed_by_map_growth_starts_over(nodes: tuple[FakeNode, FakeNode
 
     run(scenario())
     assert data(dst.store) == data(src.store)
+
+
+def test_the_cache_is_empty_when_the_store_switches_and_stays_so_until_done(
+    nodes: tuple[FakeNode, FakeNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 6's atomic switch: while the swap runs (and when LMDB commits it) the cache
+    holds nothing and takes nothing (`cache_paused`), so a local read finds the old state
+    or the new one in LMDB, never a cached value older than one LMDB already served."""
+    src, dst = nodes
+    cache: dict[bytes, bytes] = {b"old": b"state"}  # what the cache held before
+    seen: list[tuple[dict[bytes, bytes], bool]] = []
+    dst.clear = cache.clear  # type: ignore[method-assign]
+    real = dst.store.replace_all
+
+    def replace_all(*a: Any, **kw: Any) -> Any:
+        seen.append((dict(cache), getattr(dst, "cache_paused", False)))  # as the swap starts
+        out = real(*a, **kw)
+        seen.append((dict(cache), getattr(dst, "cache_paused", False)))  # LMDB has switched
+        return out
+
+    monkeypatch.setattr(dst.store, "replace_all", replace_all)
+    m = snap_msg()
+    out = Outgoing("n2", src.store.snapshot_view())
+    try:
+        ack = run(Receiver(dst).install(snapshots._stream(src, m, out, 0)))
+        assert ack.ok, ack.error
+    finally:
+        out.close()
+    assert seen == [({}, True), ({}, True)]
+    assert dst.cache_paused is False and cache == {}
+    assert data(dst.store) == data(src.store)
