@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvstore.forward")
 MAX_BATCH = 512
 _Item = tuple[sm.Command, "asyncio.Future[sm.Result]", float]
+
+
+def _fail(items: Any, err: Exception) -> None:
+    """Fail the writes of these items that are still waiting, each with its own copy of
+    `err` (raising one adds a traceback to it)."""
+    for _, fut, _ in items:
+        if not fut.done():
+            fut.set_exception(type(err)(*err.args))
 
 
 def not_sent(e: grpc.aio.AioRpcError) -> bool:
@@ -62,9 +70,7 @@ class Forwarder:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
-        for _, fut, _ in self.queue:
-            if not fut.done():
-                fut.set_exception(TryAgain("node is stopping"))
+        _fail(self.queue, TryAgain("node is stopping"))
 
     async def _run(self) -> None:
         while True:
@@ -81,9 +87,7 @@ class Forwarder:
                         await self._send(batch)
                     except Exception as e:  # never let one batch kill the forwarder
                         log.exception("%s: forwarding failed", self.node.name)
-                        for _, fut, _ in batch:
-                            if not fut.done():
-                                fut.set_exception(Unknown(f"forwarding failed: {e}"))
+                        _fail(batch, Unknown(f"forwarding failed: {e}"))
 
     async def _send(self, batch: list[_Item]) -> None:
         node = self.node
@@ -91,9 +95,7 @@ class Forwarder:
         deadline = max(d for _, _, d in batch)
         while True:
             if loop.time() >= deadline:
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(TryAgain("no leader took the write in time"))
+                _fail(batch, TryAgain("no leader took the write in time"))
                 return
             if node.core.is_leader:
                 await self._propose_here(batch, deadline)
@@ -115,9 +117,7 @@ class Forwarder:
                     await asyncio.sleep(0.02)
                     continue
                 err = _error_for(e, leader)
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(err)
+                _fail(batch, err)
                 return
             self.batches += 1
             t = asyncio.ensure_future(self._settle(batch, resp, deadline))
@@ -141,44 +141,33 @@ class Forwarder:
     async def _settle(self, batch: list[_Item], resp: pb.ProposeResponse, deadline: float) -> None:
         """Answer a batch the leader answered, once applied here (a task of its own)."""
         try:
-            await self._settle_batch(batch, resp, deadline)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # never leave a client waiting on a broken batch
-            log.exception("%s: answering a forwarded batch failed", self.node.name)
-            for _, fut, _ in batch:
-                if not fut.done():
-                    fut.set_exception(Unknown(f"forwarding failed: {e}"))
-
-    async def _settle_batch(self, batch: list[_Item], resp: pb.ProposeResponse, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        top = max((r.index for r in resp.results if r.status == pb.ProposeResult.APPLIED), default=0)
-        applied_here = True
-        if top:
-            try:
-                await self.node.wait_applied(top, max(0.01, deadline - loop.time()))
-            except TimeoutError:
-                applied_here = False
-            except asyncio.CancelledError:  # the node is stopping
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(Unknown("node stopped before it applied the write here"))
-                raise
-        for (_, fut, _), r in zip(batch, resp.results, strict=False):
-            if fut.done():
-                continue
-            if r.status == pb.ProposeResult.APPLIED:
-                if applied_here:
-                    fut.set_result(sm.decode_result(r.result))
+            loop = asyncio.get_running_loop()
+            top = max((r.index for r in resp.results if r.status == pb.ProposeResult.APPLIED), default=0)
+            applied_here = True
+            if top:
+                try:
+                    await self.node.wait_applied(top, max(0.01, deadline - loop.time()))
+                except TimeoutError:
+                    applied_here = False
+            for (_, fut, _), r in zip(batch, resp.results, strict=False):
+                if fut.done():
+                    continue
+                if r.status == pb.ProposeResult.APPLIED:
+                    if applied_here:
+                        fut.set_result(sm.decode_result(r.result))
+                    else:
+                        fut.set_exception(Unknown(f"committed at index {r.index} but not yet applied here"))
+                elif r.status == pb.ProposeResult.NOT_APPLIED:
+                    fut.set_exception(TryAgain(r.error or "not applied"))
                 else:
-                    fut.set_exception(Unknown(f"committed at index {r.index} but not yet applied here"))
-            elif r.status == pb.ProposeResult.NOT_APPLIED:
-                fut.set_exception(TryAgain(r.error or "not applied"))
-            else:
-                fut.set_exception(Unknown(r.error or "outcome unknown"))
-        for _, fut, _ in batch[len(resp.results):]:
-            if not fut.done():
-                fut.set_exception(Unknown("the leader's answer was incomplete"))
+                    fut.set_exception(Unknown(r.error or "outcome unknown"))
+            _fail(batch[len(resp.results):], Unknown("the leader's answer was incomplete"))
+        except asyncio.CancelledError:  # the node is stopping
+            _fail(batch, Unknown("node stopped before it applied the write here"))
+            raise
+        except Exception as e:  # never leave a client waiting on an answer we cannot read
+            log.exception("%s: answering a forwarded batch failed", self.node.name)
+            _fail(batch, Unknown(f"forwarding failed: {e}"))
 
 
 def _error_for(e: grpc.aio.AioRpcError, leader: str) -> KVError:

@@ -74,6 +74,11 @@ def _apply_fn(cmds: list[sm.Command] | None, batch: bool) -> Any:
     return lambda view: sm.apply(view, cmd)
 
 
+def _keys_of(items: list[tuple[Entry, list[sm.Command] | None, bool]]) -> set[bytes]:
+    """The keys the commands of these (entry, commands, batch) items change."""
+    return {k for _, cs, _ in items if cs is not None for c in cs for k in sm.keys_of(c)}
+
+
 def _noop(view: Any) -> tuple[None, list[tuple[bytes, bytes | None]]]:
     return None, []
 
@@ -343,7 +348,7 @@ class Node(WritePath):
                     log.error("%s: entry %d (term %d) is not a command (%s); applied as a no-op", self.name,
                               e.index, e.term, err)
             items.append((e, cmds, cmds is not None and e.data[0] == sm.OP_BATCH))
-        keys = {k for _, cs, _ in items if cs is not None for c in cs for k in sm.keys_of(c)}
+        keys = _keys_of(items)
         if keys:  # no reader may see an old value once LMDB has the new one
             self.cache.delete_many(keys)
         hs = rd.hard_state
@@ -371,8 +376,7 @@ class Node(WritePath):
                 ahead, items = items[:n], items[n:]
             # Keys the later entries change stay out of the cache until those apply too:
             # the cache never holds a value older than LMDB's.
-            later = {k for _, cs, _ in items if cs is not None for c in cs for k in sm.keys_of(c)} \
-                if ahead and items else set()
+            later = _keys_of(items) if ahead and items else set()
             outs = await self._loop.run_in_executor(
                 self._io, self._persist, rd.snapshot,
                 [(e.index, convert.entry_blob(e)) for e in rd.entries],

@@ -118,18 +118,19 @@ class RespServer:
         self.reads = []
         get = self._get_uncached
         try:
-            values = get([k for _, k, _ in reads])
-        except Exception:  # one by one: each GET gets the answer the general path gives it
-            for i, k, proto in reads:
+            values: list[bytes | None] | None = get([k for _, k, _ in reads])
+        except Exception:  # then one by one: each GET gets the answer the general path gives it
+            values = None
+        for n, (i, k, proto) in enumerate(reads):
+            if values is not None:
+                v = values[n]
+            else:
                 try:
                     v = get([k])[0]
                 except Exception as e:
                     self.stats["error_replies"] += 1
                     box[i] = error_reply(e, [b"GET", k])
-                else:
-                    box[i] = (NULL3 if proto == 3 else QUEUED_NULL2) if v is None else bulk(v)
-            return
-        for (i, _, proto), v in zip(reads, values, strict=True):
+                    continue
             box[i] = (NULL3 if proto == 3 else QUEUED_NULL2) if v is None else bulk(v)
 
     def schedule_flush(self) -> None:

@@ -163,42 +163,22 @@ class Store:
 
     def get(self, key: bytes) -> bytes | None:
         check_key(key)
-        return self.get_many((key,))[0]
+        # self._data is looked up in the txn, never before (a reopen replaces it).
+        return self._env.read(lambda txn: txn.get(key, db=self._data))
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """get() of each key, in one read transaction: one snapshot, and the cost of a
-        transaction paid once (the RESP server reads a pipeline's cache misses so).
-
-        Env.read unrolled, because a GET that misses the cache comes here: its nested
-        calls cost more than LMDB's own lookup. Anything unusual (a closed store, a map
-        grown by another process, an error) goes through Env.read, which handles it."""
+        transaction paid once (the RESP server reads a pipeline's cache misses so, and the
+        single GETs that missed in one round of I/O)."""
         for key in keys:
             if not 0 < len(key) <= MAX_KEY_SIZE:
                 check_key(key)
-        env = self._env
-        gate = env.gate
-        gate.acquire_shared()
-        try:
-            txn = None
-            if not env.closed:
-                try:
-                    txn = env.env.begin(buffers=False)
-                except lmdb.Error:
-                    pass
-            if txn is not None:
-                try:
-                    # self._data is looked up in the txn, never before (a reopen replaces it).
-                    if len(keys) == 1:
-                        return [txn.get(keys[0], db=self._data)]
-                    get = txn.cursor(db=self._data).get  # no keyword per key: ~30% cheaper than txn.get(k, db=)
-                    return [get(key) for key in keys]
-                except lmdb.Error as exc:
-                    raise env.translate(exc, "read") from exc
-                finally:
-                    txn.abort()
-        finally:
-            gate.release_shared()
-        return env.read(lambda txn: [txn.get(key, db=self._data) for key in keys])
+
+        def run(txn: Txn) -> list[bytes | None]:
+            get = txn.cursor(db=self._data).get  # no keyword per key: ~30% cheaper than txn.get(k, db=)
+            return [get(key) for key in keys]
+
+        return self._env.read(run)
 
     def put(self, key: bytes, value: bytes) -> None:
         """Write one key outside the Raft log (tests, tools). Durable when it returns."""
