@@ -41,6 +41,9 @@ class RaftSettings:
     max_uncommitted: int = 20000
     request_timeout_ms: int = 5000  # how long a client write or read may wait
     snapshot_entries: int = 100_000  # compact the log after this many applied log entries (a batch of writes is one)
+    # ... or once the applied log holds this many bytes: a batch entry holds up to 1,024
+    # writes, so entries alone do not bound the log's memory and disk
+    snapshot_bytes: int = 32 << 20
 
 
 @dataclass(frozen=True)

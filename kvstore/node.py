@@ -116,6 +116,7 @@ class Node(WritePath):
         self._io = ThreadPoolExecutor(1, thread_name_prefix="kvstore-io")
         self._snap_senders: dict[str, asyncio.Task[None]] = {}
         self._compacting = False
+        self._log_bytes = 0  # data bytes of the applied entries past the snapshot point (about)
         self.cache_paused = False  # a snapshot install empties the cache and keeps it empty
         self._leader_stubs: dict[str, tuple[grpc.aio.Channel, pbg.RaftStub]] = {}
         self.addresses = {n.name: n.grpc_address for n in cfg.nodes}
@@ -169,6 +170,7 @@ class Node(WritePath):
         self.core = RaftCore(rcfg, conf=conf, hard_state=hs, entries=entries, snapshot=snap,
                              applied=self.store.applied_index(), rng=random.Random())
         self.applied = self.store.applied_index()
+        self._log_bytes = self.core.log.data_bytes(self.core.log.first_index, self.applied + 1)
         self._synced_vote = (hs.term, hs.vote) if hs else (0, None)
         self.cache_name = cache_name = ShmCache.name_for(str(self.data_dir), self.name)
         try:
@@ -451,15 +453,28 @@ class Node(WritePath):
             self._wake.set()
 
     def _maybe_compact(self) -> None:
-        """Drop the log behind the applied index, keeping a tail for followers a little behind."""
-        every = self.cfg.raft.snapshot_entries
-        if every <= 0 or self.applied - self.snapshot_index < every or self._compacting:
+        """Drop the log behind the applied index once raft.snapshot_entries entries or
+        raft.snapshot_bytes bytes were applied past the snapshot point, keeping a tail for
+        followers a little behind: half of each bound, and at most 5,000 entries."""
+        every, most = self.cfg.raft.snapshot_entries, self.cfg.raft.snapshot_bytes
+        if self._compacting:
             return
-        idx = min(self.applied, self.core.commit) - min(every // 2, 5000)
-        term = self.core.log.term(idx) if idx > self.snapshot_index else None
+        by_count = every > 0 and self.applied - self.snapshot_index >= every
+        if not by_count and not (most > 0 and self._log_bytes >= most):
+            return
+        log = self.core.log
+        upto = min(self.applied, self.core.commit)
+        if not by_count:  # the running count only estimates (a snapshot install resets the log)
+            self._log_bytes = log.data_bytes(log.first_index, upto + 1)
+            if self._log_bytes < most:
+                return
+        keep_count = min(every // 2, 5000) if every > 0 else 5000
+        idx = log.tail_start(upto, keep_count, most // 2 if most > 0 else 1 << 62) - 1
+        term = log.term(idx) if idx > self.snapshot_index else None
         if term is None:
             return
         meta = self.core.compact(idx, term)
+        self._log_bytes = log.data_bytes(idx + 1, upto + 1)
         self._compacting = True
 
         def persist() -> None:
@@ -489,6 +504,7 @@ class Node(WritePath):
             self.cache.put_many([(k, v) for k, v in latest.items() if v is not None and not (skip and k in skip)])
         self.applied = max(self.applied, items[-1][0].index)
         self.applied_writes += sum(len(cs) for _, cs, _ in items if cs)
+        self._log_bytes += sum(len(e.data) for e, _, _ in items)
         for (e, _, batch), (res, _) in zip(items, outs, strict=True):
             if e.type == EntryType.CONF_CHANGE:
                 self._conf_applied(e)

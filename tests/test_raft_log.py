@@ -100,6 +100,19 @@ def test_slice_respects_count_and_bytes_but_returns_at_least_one():
     assert len(lg.slice(1, 11, max_bytes=1)) == 1
 
 
+def test_data_bytes_and_the_tail_a_compaction_keeps():
+    snap = SnapshotMeta(10, 1, JOIN)
+    lg = RaftLog(snap, [Entry(11 + i, 1, data=b"x" * n) for i, n in enumerate([5, 10, 20, 40])], 14, 14)
+    assert lg.data_bytes(11, 15) == 75 and lg.data_bytes(12, 14) == 30
+    assert lg.data_bytes(1, 12) == 5 and lg.data_bytes(15, 99) == 0  # clamped to what is held
+    assert lg.tail_start(14, 100, 1000) == 11  # everything fits
+    assert lg.tail_start(14, 2, 1000) == 13  # at most two entries
+    assert lg.tail_start(14, 100, 60) == 13  # 40 + 20 = 60 bytes fit, 60 + 10 is over
+    assert lg.tail_start(14, 100, 59) == 14
+    assert lg.tail_start(14, 100, 39) == 15  # not even the last entry: keep nothing
+    assert lg.tail_start(12, 100, 1000) == 11 and lg.tail_start(99, 1, 1000) == 14
+
+
 def test_restart_clamps_commit_and_applied():
     lg = RaftLog(SnapshotMeta(5, 1, JOIN), [Entry(i, 1) for i in range(3, 9)], committed=20, applied=2)
     assert lg.first_index == 6 and lg.last_index == 8  # entries under the snapshot dropped

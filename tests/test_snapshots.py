@@ -57,6 +57,25 @@ def test_a_wiped_follower_comes_back_through_a_snapshot(tmp_path: Path) -> None:
         assert "no votes until a leader is heard" in log and "voting again" in log
 
 
+def test_the_log_is_compacted_by_its_bytes_when_entries_are_few_and_large(tmp_path: Path) -> None:
+    # A batch entry holds up to 1,024 writes: counting entries alone would let the log
+    # (in memory and in LMDB) grow far past what snapshot_entries suggests.
+    def by_bytes(cfg: ClusterConfig) -> ClusterConfig:
+        return dataclasses.replace(cfg, raft=dataclasses.replace(
+            cfg.raft, snapshot_entries=1_000_000, snapshot_bytes=256 << 10))
+
+    with running_cluster(tmp_path, edit=by_bytes) as d:
+        ld = leader(d)
+        fill(d, ld, 2000, size=1000)  # ~2 MB of log in a few hundred entries
+        wait_until(lambda: all(r["snapshot_index"] > 0 and r["applied_index"] == r["last_index"]
+                               for r in status(d)["nodes"]), what="every node to compact its log")
+        for r in status(d)["nodes"]:
+            # every entry holds at least one 1,000-byte value: at most ~256 KiB of them stay
+            assert r["log_length"] <= 270, r
+            assert r["snapshot_index"] >= r["last_index"] - 270, r
+        assert digest(d, "n1") == digest(d, "n2") == digest(d, "n3")
+
+
 def test_a_partitioned_follower_catches_up_by_snapshot(tmp_path: Path) -> None:
     meshes: list[ProxyMesh] = []
 

@@ -90,6 +90,25 @@ class RaftLog:
                     return out[:k]
         return out
 
+    def data_bytes(self, lo: int, hi: int) -> int:
+        """Bytes of entry data in [lo, hi) (clamped to the entries held)."""
+        base = self.snapshot.index + 1
+        return sum(len(e.data) for e in self.entries[max(lo, base) - base : max(hi, base) - base])
+
+    def tail_start(self, hi: int, max_count: int, max_bytes: int) -> int:
+        """The first index of the longest run of entries ending at `hi` (inclusive) that
+        holds at most max_count entries and max_bytes bytes of data: what a compaction up
+        to the index before it keeps. hi + 1 when even entry hi alone is over max_bytes."""
+        base = self.snapshot.index + 1
+        hi = min(hi, self.last_index)
+        lo, size = hi + 1, 0
+        while lo > base and hi + 1 - lo < max_count:
+            size += len(self.entries[lo - 1 - base].data)
+            if size > max_bytes:
+                break
+            lo -= 1
+        return lo
+
     def find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
         """The largest index <= `index` whose term is <= `term`, with that term (0 when
         unknown). Terms never decrease along a log, so this is a binary search."""

@@ -191,6 +191,7 @@ def main() -> int:
         out["memory_mb_before_after"] = {n: [before[n][0], after[n][0]] for n in before}
         out["lmdb_mb_before_after"] = {n: [before[n][1], after[n][1]] for n in before}
         out["cache_mb"] = cfg.cache.size_mb
+        out["snapshot_bytes"] = cfg.raft.snapshot_bytes
     finally:
         try:
             manage.down(d)
