@@ -462,19 +462,19 @@ class Node(WritePath):
         by_count = every > 0 and self.applied - self.snapshot_index >= every
         if not by_count and not (most > 0 and self._log_bytes >= most):
             return
-        log = self.core.log
+        rlog = self.core.log
         upto = min(self.applied, self.core.commit)
         if not by_count:  # the running count only estimates (a snapshot install resets the log)
-            self._log_bytes = log.data_bytes(log.first_index, upto + 1)
+            self._log_bytes = rlog.data_bytes(rlog.first_index, upto + 1)
             if self._log_bytes < most:
                 return
         keep_count = min(every // 2, 5000) if every > 0 else 5000
-        idx = log.tail_start(upto, keep_count, most // 2 if most > 0 else 1 << 62) - 1
-        term = log.term(idx) if idx > self.snapshot_index else None
+        idx = rlog.tail_start(upto, keep_count, most // 2 if most > 0 else 1 << 62) - 1
+        term = rlog.term(idx) if idx > self.snapshot_index else None
         if term is None:
             return
         meta = self.core.compact(idx, term)
-        self._log_bytes = log.data_bytes(idx + 1, upto + 1)
+        self._log_bytes = rlog.data_bytes(idx + 1, upto + 1)
         self._compacting = True
 
         def persist() -> None:

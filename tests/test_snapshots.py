@@ -73,6 +73,7 @@ def test_the_log_is_compacted_by_its_bytes_when_entries_are_few_and_large(tmp_pa
             # every entry holds at least one 1,000-byte value: at most ~256 KiB of them stay
             assert r["log_length"] <= 270, r
             assert r["snapshot_index"] >= r["last_index"] - 270, r
+            assert "compacted the log up to" in (d / r["name"] / "node.log").read_text()
         assert digest(d, "n1") == digest(d, "n2") == digest(d, "n3")
 
 
