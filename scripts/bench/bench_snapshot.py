@@ -127,6 +127,7 @@ def main() -> int:
     ap.add_argument("--overwrite-minutes", type=float, default=10.0)
     ap.add_argument("--json", default="bench-results/snapshot.json")
     ap.add_argument("--skip-get", action="store_true", help="skip the GET-rate and restart measures (memory runs)")
+    ap.add_argument("--get-seconds", type=float, default=3.0, help="seconds per GET-rate run (three runs per size)")
     ap.add_argument("--snapshot-entries", type=int, default=500,
                     help="raft.snapshot_entries; the wiped follower needs a snapshot only once the log was compacted "
                          "(MSETs of 1,000 keys: below --keys/1000 entries)")
@@ -143,10 +144,10 @@ def main() -> int:
         sock = lambda n: str(d / n / "kv.sock")  # noqa: E731
         load(sock(ld), 10_000, "s", value)
         if not args.skip_get:
-            small = statistics.median(get_rate(sock(ld), 10_000, "s", 3) for _ in range(3))
+            small = statistics.median(get_rate(sock(ld), 10_000, "s", args.get_seconds) for _ in range(3))
         out["load_s"] = round(load(sock(ld), args.keys, "k", value), 1)
         if not args.skip_get:
-            big = statistics.median(get_rate(sock(ld), args.keys, "k", 3) for _ in range(3))
+            big = statistics.median(get_rate(sock(ld), args.keys, "k", args.get_seconds) for _ in range(3))
             out["get_ops_10k"], out["get_ops_big"] = round(small), round(big)
             out["get_ratio"] = round(big / small, 2)
         f = next(n for n in ("n1", "n2", "n3") if n != ld)
