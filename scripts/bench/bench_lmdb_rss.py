@@ -37,23 +37,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lmdb  # noqa: E402
+from bench_snapshot import rss_mb  # noqa: E402
 
 from kvstore.bench.common import machine_info  # noqa: E402
 
 MB = 1 << 20
 
 
-def status() -> dict[str, int]:
-    """VmRSS and its parts, in KiB, from /proc/self/status."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[name] = int(rest.split()[0])
-    return out
+def status() -> dict[str, float]:
+    """VmRSS and its parts, in MB, of this process."""
+    return {k: rss_mb(os.getpid(), k) for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}
 
 
 def build(path: Path, keys: int, value_size: int) -> tuple[float, int, int]:
@@ -71,8 +67,7 @@ def build(path: Path, keys: int, value_size: int) -> tuple[float, int, int]:
 
 
 def probe(path: str, keys: int, reads: int, readahead: bool, seed: int) -> dict[str, Any]:
-    """In a fresh process: open, read `reads` random keys, report memory (KiB)."""
-    before = status()
+    """In a fresh process: open, read `reads` random keys, report memory (MB)."""
     env = lmdb.open(path, readonly=True, lock=False, readahead=readahead)
     rng = random.Random(seed)
     names = [b"key:%012d" % rng.randrange(keys) for _ in range(reads)]
@@ -85,7 +80,7 @@ def probe(path: str, keys: int, reads: int, readahead: bool, seed: int) -> dict[
     took = time.perf_counter() - t0
     after = status()
     assert found == reads, f"{reads - found} keys missing"
-    return {"before": before, "opened": opened, "after": after,
+    return {"opened": opened, "after": after,
             "us_per_get": took / reads * 1e6 if reads else None}
 
 
@@ -132,11 +127,11 @@ def main() -> None:
             for ra in (True, False):
                 r = run_probe(tmp, a.keys, n, ra)
                 opened, after = r["opened"], r["after"]
-                mapped = (after["RssFile"] - opened["RssFile"]) * 1024  # what the reads mapped
+                mapped = (after["RssFile"] - opened["RssFile"]) * MB  # what the reads mapped
                 touched = min(n * depth * psize, size)  # distinct pages the reads can need
                 row = {"reads": n, "readahead": ra, "us_per_get": r["us_per_get"], "touched_mb": touched / MB,
-                       "vmrss_mb": after["VmRSS"] / 1024, "rss_anon_mb": after["RssAnon"] / 1024,
-                       "rss_file_mb": after["RssFile"] / 1024, "map_in_rss_mb": mapped / MB,
+                       "vmrss_mb": after["VmRSS"], "rss_anon_mb": after["RssAnon"],
+                       "rss_file_mb": after["RssFile"], "map_in_rss_mb": mapped / MB,
                        "share_of_file": mapped / size}
                 rows.append(row)
                 us = f"{r['us_per_get']:.2f}" if r["us_per_get"] else "-"
@@ -153,5 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     main()
